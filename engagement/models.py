@@ -1,0 +1,280 @@
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+from engagement.sources.base import normalise_tag
+
+
+class Platform(models.TextChoices):
+    MASTODON = "mastodon", "Mastodon"
+
+
+class Hashtag(models.Model):
+    name = models.CharField(max_length=100, help_text="As editors write it, without '#'.")
+    key = models.CharField(max_length=100, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"#{self.name}"
+
+    def save(self, *args, **kwargs):
+        self.name = self.name.strip().lstrip("#")
+        self.key = normalise_tag(self.name)
+        super().save(*args, **kwargs)
+
+
+class SourceQuerySet(models.QuerySet):
+    def due(self, now=None):
+        """Enabled sources whose next poll time has come and that are not rate-limited."""
+        now = now or timezone.now()
+        return self.filter(enabled=True).filter(
+            Q(next_poll_at__isnull=True) | Q(next_poll_at__lte=now),
+            Q(rate_limited_until__isnull=True) | Q(rate_limited_until__lte=now),
+        )
+
+    def take_lease(self, source_id: int, *, owner: str, seconds: int) -> bool:
+        """Atomically claim an enabled source for one run; False if gone, disabled or held by a live run."""
+        now = timezone.now()
+        return bool(
+            self.filter(pk=source_id, enabled=True)
+            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+            .update(lease_owner=owner[:64], lease_expires_at=now + timedelta(seconds=seconds))
+        )
+
+    def release_lease(self, source_id: int, *, owner: str) -> None:
+        self.filter(pk=source_id, lease_owner=owner[:64]).update(lease_owner="", lease_expires_at=None)
+
+
+class Source(models.Model):
+    class Health(models.TextChoices):
+        NEW = "new", "never polled"
+        OK = "ok", "ok"
+        RATE_LIMITED = "rate-limited", "rate-limited"
+        FAILING = "failing", "failing"
+        DISABLED = "disabled", "disabled"
+
+    platform = models.CharField(max_length=32, choices=Platform.choices)
+    name = models.CharField(max_length=200)
+    base_url = models.URLField(max_length=500)
+    settings = models.JSONField(default=dict, blank=True, help_text="Platform-specific options.")
+    hashtags = models.ManyToManyField(Hashtag, related_name="sources")
+    poll_interval = models.PositiveIntegerField(default=300, help_text="Seconds between polls.")
+    enabled = models.BooleanField(default=True)
+    cursor = models.JSONField(default=dict, blank=True, help_text="Where the next poll starts; set by collection.")
+    created_at = models.DateTimeField(default=timezone.now)
+    next_poll_at = models.DateTimeField(null=True, blank=True)
+    last_poll_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    rate_limited_until = models.DateTimeField(null=True, blank=True)
+    # A run holds the lease while it fetches, so overlapping tasks for one source never fetch twice.
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SourceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["enabled", "next_poll_at"], name="source_due_idx")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def health(self) -> str:
+        now = timezone.now()
+        if not self.enabled:
+            return self.Health.DISABLED
+        if self.rate_limited_until and self.rate_limited_until > now:
+            return self.Health.RATE_LIMITED
+        if self.consecutive_failures:
+            return self.Health.FAILING
+        if not self.last_success_at:
+            return self.Health.NEW
+        return self.Health.OK
+
+    @property
+    def lag(self) -> timedelta | None:
+        """Time since the last successful poll: how stale this source's posts may be."""
+        return timezone.now() - self.last_success_at if self.last_success_at else None
+
+
+class Author(models.Model):
+    platform = models.CharField(max_length=32, choices=Platform.choices)
+    external_id = models.CharField(max_length=2048, help_text="The platform's global id or URI of the account.")
+    handle = models.CharField(max_length=300, blank=True)
+    display_name = models.CharField(max_length=300, blank=True)
+    url = models.URLField(max_length=2048, blank=True)
+    first_seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["platform", "external_id"], name="author_platform_external_id_uniq")
+        ]
+        indexes = [models.Index(fields=["handle"], name="author_handle_idx")]
+
+    def __str__(self) -> str:
+        return self.handle or self.external_id
+
+
+class PostQuerySet(models.QuerySet):
+    def for_hashtag(self, tag: str):
+        return self.filter(hashtags__contains=[normalise_tag(tag)])
+
+
+class Post(models.Model):
+    class Kind(models.TextChoices):
+        POST = "post", "post"
+        COMMENT = "comment", "comment"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        APPROVED = "approved", "approved"
+        REJECTED = "rejected", "rejected"
+        FLAGGED = "flagged", "flagged (needs review)"
+
+    platform = models.CharField(max_length=32, choices=Platform.choices)
+    # The id that is the same wherever the post is seen (for Mastodon: the status URI, not the
+    # per-instance id), so a post seen through two sources is one row.
+    external_id = models.CharField(max_length=2048)
+    uri = models.CharField(max_length=2048, blank=True, help_text="The platform's global URI.")
+    url = models.URLField(max_length=2048, blank=True, help_text="Where a person reads it.")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.POST)
+    author = models.ForeignKey(Author, null=True, blank=True, on_delete=models.SET_NULL, related_name="posts")
+    source = models.ForeignKey(
+        Source, null=True, blank=True, on_delete=models.SET_NULL, related_name="posts",
+        help_text="The source that first collected it.",
+    )
+    created_at = models.DateTimeField(help_text="When it was published (UTC).")
+    collected_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now, help_text="When our copy last changed.")
+    edited_at = models.DateTimeField(null=True, blank=True, help_text="When the author last edited it.")
+    language = models.CharField(max_length=16, blank=True)
+    html = models.TextField(blank=True, help_text="Sanitised HTML.")
+    text = models.TextField(blank=True, help_text="Plain text.")
+    hashtags = ArrayField(models.CharField(max_length=200), default=list, blank=True,
+                          help_text="Casefolded tags, without '#'.")
+    reply_to = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies")
+    reply_to_external_id = models.CharField(max_length=2048, blank=True)
+    reply_count = models.PositiveIntegerField(default=0)
+    repost_count = models.PositiveIntegerField(default=0)
+    like_count = models.PositiveIntegerField(default=0)
+    raw = models.JSONField(default=dict, help_text="The upstream item as received.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+
+    objects = PostQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["platform", "external_id"], name="post_platform_external_id_uniq")
+        ]
+        indexes = [
+            # API paging (newest first, id as tie-breaker) and the admin's default order.
+            models.Index(fields=["-created_at", "-id"], name="post_created_idx"),
+            models.Index(fields=["status", "-created_at"], name="post_status_created_idx"),
+            models.Index(fields=["platform", "-created_at"], name="post_platform_created_idx"),
+            models.Index(fields=["language"], name="post_language_idx"),
+            GinIndex(fields=["hashtags"], name="post_hashtags_gin"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.platform}:{self.external_id}"
+
+
+class CollectionRun(models.Model):
+    class Outcome(models.TextChoices):
+        RUNNING = "running", "running"
+        OK = "ok", "ok"
+        PARTIAL = "partial", "ok, some items rejected"
+        RATE_LIMITED = "rate-limited", "rate-limited"
+        FAILED = "failed", "failed"
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="runs")
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    pages = models.PositiveIntegerField(default=0)
+    fetched = models.PositiveIntegerField(default=0)
+    new = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0, help_text="Items rejected (kept raw with the reason).")
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.RUNNING)
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["source", "-started_at"], name="run_source_started_idx")]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} of {self.source_id}: {self.outcome}"
+
+
+class RejectedItem(models.Model):
+    """An upstream item or page we could not store, kept as received with the reason."""
+
+    source = models.ForeignKey(Source, null=True, on_delete=models.SET_NULL, related_name="rejected_items")
+    run = models.ForeignKey(CollectionRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="rejected")
+    platform = models.CharField(max_length=32)
+    external_id = models.CharField(max_length=2048, blank=True)
+    reason = models.TextField()
+    raw = models.JSONField(null=True, help_text="The item as received (JSON), or the raw text.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.platform} {self.external_id or '?'}: {self.reason[:60]}"
+
+
+def _hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiTokenQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(revoked_at__isnull=True, user__is_active=True)
+
+    def for_key(self, key: str):
+        return self.active().select_related("user").filter(key_hash=_hash_key(key)).first()
+
+
+class ApiToken(models.Model):
+    """An API token. Only its hash is stored: the key is shown once, when it is created."""
+
+    class Scope(models.TextChoices):
+        EDITOR = "editor", "editor"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.EDITOR)
+    key_prefix = models.CharField(max_length=8, editable=False, help_text="First characters, to recognise it.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return f"{self.key_prefix}… ({self.user})"
+
+    @classmethod
+    def issue(cls, *, user, scope: str = Scope.EDITOR, name: str = "") -> tuple["ApiToken", str]:
+        key = secrets.token_urlsafe(32)
+        token = cls.objects.create(user=user, scope=scope, name=name, key_prefix=key[:8], key_hash=_hash_key(key))
+        return token, key

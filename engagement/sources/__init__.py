@@ -1,0 +1,1 @@
+"""One module per platform: HTTP and parsing into plain dataclasses (sources/base.py), no ORM."""

@@ -1,0 +1,212 @@
+"""Mastodon: the public tag timeline of one instance, `GET /api/v1/timelines/tag/:hashtag`.
+
+- First run: the newest page, then older pages through the `Link: rel="next"` (`max_id`) header, up to
+  BACKFILL_PAGES. Later runs: `min_id=<newest id seen>`, which returns the statuses just after it, page
+  after page until an empty or short page, up to MAX_PAGES_PER_RUN (the next run carries on).
+- The post's id is its ActivityPub `uri`, identical on every instance; the per-instance `id` is only
+  the paging cursor of this source.
+- A boost is stored as the boosted original (one post however often it is boosted).
+- Servers normalise tags, so the tag is verified locally against `tags[]`, casefolded.
+- `X-RateLimit-Remaining` / `X-RateLimit-Reset` (an ISO timestamp) and `Retry-After` are honoured.
+- 404 means the instance does not know the tag (or has no such timeline): a normal, empty outcome.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Callable, Iterator
+from urllib.parse import quote
+
+import requests
+
+from .base import (
+    MAX_ITEM_HTML_CHARS,
+    HttpClient,
+    MalformedResponse,
+    NormalisedAuthor,
+    NormalisedItem,
+    Page,
+    RejectedRaw,
+    check_status,
+    html_to_text,
+    json_body,
+    normalise_tag,
+    parse_timestamp,
+    sanitise_html,
+)
+
+PLATFORM = "mastodon"
+# Mastodon's largest page for tag timelines.
+PAGE_LIMIT = 40
+# One run reads at most this many pages (400 posts) so a busy tag cannot hold a worker; the cursor
+# makes the next run continue where this one stopped.
+MAX_PAGES_PER_RUN = 10
+# How far the first run of a new source reaches back.
+BACKFILL_PAGES = 5
+
+
+def _status_id(value: Any) -> int:
+    # Snowflake ids are strings of digits; compare them as numbers.
+    return int(value)
+
+
+def _count(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _author(account: Any) -> NormalisedAuthor | None:
+    if not isinstance(account, dict):
+        return None
+    external_id = account.get("uri") or account.get("url")
+    if not isinstance(external_id, str) or not external_id:
+        return None
+    acct = account.get("acct") or account.get("username") or ""
+    if acct and "@" not in acct and isinstance(account.get("url"), str):
+        # A local account's acct has no domain; the domain of its profile URL makes it global.
+        host = requests.utils.urlparse(account["url"]).hostname or ""
+        acct = f"{acct}@{host}" if host else acct
+    return NormalisedAuthor(
+        external_id=external_id,
+        handle=f"@{acct}" if acct else "",
+        display_name=str(account.get("display_name") or "")[:300],
+        url=str(account.get("url") or ""),
+    )
+
+
+def normalise_status(status: Any, *, tag_key: str) -> NormalisedItem | RejectedRaw | None:
+    """One status as a NormalisedItem; RejectedRaw when unusable; None when it lacks the tag."""
+    if not isinstance(status, dict):
+        return RejectedRaw(reason="status is not a JSON object", raw=status)
+    original = status.get("reblog") or status
+    if not isinstance(original, dict):
+        return RejectedRaw(reason="reblog is not a JSON object", raw=status)
+    uri = original.get("uri")
+    if not isinstance(uri, str) or not uri:
+        return RejectedRaw(reason="status has no uri", raw=status, external_id=str(status.get("id") or ""))
+    tags = original.get("tags")
+    if not isinstance(tags, list):
+        return RejectedRaw(reason="status has no tags list", raw=original, external_id=uri)
+    keys = sorted({normalise_tag(t["name"]) for t in tags if isinstance(t, dict) and isinstance(t.get("name"), str)})
+    if tag_key not in keys:
+        return None
+    try:
+        created_at = parse_timestamp(original.get("created_at"), field_name="created_at")
+        edited_at = (
+            parse_timestamp(original["edited_at"], field_name="edited_at") if original.get("edited_at") else None
+        )
+    except ValueError as exc:
+        return RejectedRaw(reason=str(exc), raw=original, external_id=uri)
+    content = original.get("content")
+    if not isinstance(content, str):
+        return RejectedRaw(reason="content is missing or not a string", raw=original, external_id=uri)
+    if len(content) > MAX_ITEM_HTML_CHARS:
+        return RejectedRaw(
+            reason=f"content of {len(content)} characters is over the {MAX_ITEM_HTML_CHARS} cap",
+            raw=original, external_id=uri,
+        )
+    html = sanitise_html(content)
+    return NormalisedItem(
+        platform=PLATFORM,
+        external_id=uri,
+        uri=uri,
+        url=original.get("url") if isinstance(original.get("url"), str) else "",
+        kind="comment" if original.get("in_reply_to_id") else "post",
+        author=_author(original.get("account")),
+        created_at=created_at,
+        edited_at=edited_at,
+        language=str(original.get("language") or "")[:16],
+        html=html,
+        text=html_to_text(html),
+        hashtags=tuple(keys),
+        reply_count=_count(original.get("replies_count")),
+        repost_count=_count(original.get("reblogs_count")),
+        like_count=_count(original.get("favourites_count")),
+        raw=original,
+    )
+
+
+def rate_limit_reset(response: requests.Response) -> datetime | None:
+    try:
+        return parse_timestamp(response.headers.get("X-RateLimit-Reset"), field_name="X-RateLimit-Reset")
+    except ValueError:
+        return None
+
+
+class MastodonConnector:
+    platform = PLATFORM
+
+    def __init__(self, *, base_url: str, hashtags: list[str], client: HttpClient, now: Callable[[], datetime]):
+        self.base_url = base_url.rstrip("/")
+        self.tag_keys = [normalise_tag(tag) for tag in hashtags]
+        self.client = client
+        self.now = now
+
+    def fetch(self, *, cursor: dict) -> Iterator[Page]:
+        """Pages for each hashtag; each page's `cursor` is the whole source cursor once it is stored."""
+        cursor = {key: dict(value) for key, value in cursor.items() if isinstance(value, dict)}
+        for tag_key in self.tag_keys:
+            for page in self._fetch_tag(tag_key, cursor.get(tag_key, {})):
+                if "newest_id" in page.cursor:
+                    cursor[tag_key] = page.cursor
+                page.cursor = {key: dict(value) for key, value in cursor.items()}
+                yield page
+                if page.rate_limited_until:
+                    return
+
+    def _fetch_tag(self, tag_key: str, state: dict) -> Iterator[Page]:
+        url = f"{self.base_url}/api/v1/timelines/tag/{quote(tag_key, safe='')}"
+        newest = state.get("newest_id")
+        if newest is None:
+            # First run: newest page, then older ones. The cursor is the newest id of the first page.
+            params: dict | None = {"limit": PAGE_LIMIT}
+            first_newest: str | None = None
+            for _ in range(BACKFILL_PAGES):
+                page, statuses, response = self._get_page(url, params, tag_key)
+                if first_newest is None and statuses:
+                    first_newest = max((s.get("id") for s in statuses if _valid_id(s)), key=_status_id, default=None)
+                if first_newest is not None:
+                    page.cursor = {"newest_id": first_newest}
+                yield page
+                next_url = response.links.get("next", {}).get("url") if response is not None else None
+                if not statuses or page.rate_limited_until or not next_url:
+                    return
+                url, params = next_url, None
+            return
+        for _ in range(MAX_PAGES_PER_RUN):
+            page, statuses, _response = self._get_page(url, {"limit": PAGE_LIMIT, "min_id": newest}, tag_key)
+            ids = [s.get("id") for s in statuses if _valid_id(s)]
+            if ids:
+                newest = max(ids + [newest], key=_status_id)
+            page.cursor = {"newest_id": newest}
+            yield page
+            if len(statuses) < PAGE_LIMIT or page.rate_limited_until:
+                return
+
+    def _get_page(self, url: str, params: dict | None, tag_key: str) -> tuple[Page, list, requests.Response | None]:
+        now = self.now()
+        response = self.client.get(url, params=params, headers={"Accept": "application/json"})
+        check_status(response, now=now, reset=rate_limit_reset)
+        page = Page()
+        remaining = response.headers.get("X-RateLimit-Remaining", "")
+        if remaining.strip().isdigit() and int(remaining) <= 0:
+            page.rate_limited_until = rate_limit_reset(response)
+        if response.status_code == 404:
+            return page, [], None
+        statuses = json_body(response)
+        if not isinstance(statuses, list):
+            raise MalformedResponse(f"expected a list of statuses from {response.url}", raw=statuses)
+        page.fetched = len(statuses)
+        for status in statuses:
+            result = normalise_status(status, tag_key=tag_key)
+            if isinstance(result, NormalisedItem):
+                page.items.append(result)
+            elif isinstance(result, RejectedRaw):
+                page.rejected.append(result)
+        return page, statuses, response
+
+
+def _valid_id(status: Any) -> bool:
+    return isinstance(status, dict) and isinstance(status.get("id"), str) and status["id"].isdigit()

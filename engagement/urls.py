@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+from engagement import views
+
+admin.site.site_header = "engagement"
+admin.site.site_title = "engagement"
+admin.site.index_title = "Collection and moderation"
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("engagement.api.urls")),
+    path("healthz", views.healthz, name="healthz"),
+]

@@ -1,0 +1,40 @@
+"""Thin tasks: they take ids, call one function in engagement/, and retry only temporary failures."""
+
+from __future__ import annotations
+
+import random
+
+from celery import shared_task
+from celery.utils.log import get_task_logger
+
+from engagement import collect
+
+logger = get_task_logger(__name__)
+
+# Temporary failures (timeouts, 5xx) are retried this many times with back-off; then the source
+# waits for its next regular poll.
+MAX_RETRIES = 3
+
+
+@shared_task
+def dispatch_due_sources() -> int:
+    """Queue one poll per due source. Claiming moves each source's next poll time, so overlapping
+    dispatches (two beats, a slow tick) never queue the same source twice."""
+    claimed = collect.claim_due_sources()  # committed: the claim is visible before any poll starts
+    for source_id, interval in claimed:
+        # A poll still queued after its interval is dropped; the next dispatch queues a fresh one.
+        poll_source.apply_async((source_id,), expires=interval)
+    return len(claimed)
+
+
+@shared_task(bind=True, max_retries=MAX_RETRIES)
+def poll_source(self, source_id: int) -> None:
+    """Run one source once. Idempotent: a redelivered message stores nothing twice, and a second
+    copy running at the same time returns at once (the source's lease is held)."""
+    report = collect.run_source(source_id, owner=self.request.id or "poll_source")
+    if report is None:
+        logger.info("source %s skipped: gone, disabled, or already being polled", source_id)
+        return
+    if report.retry and self.request.retries < MAX_RETRIES:
+        countdown = collect.retry_delay(self.request.retries)
+        raise self.retry(countdown=countdown + random.uniform(0, countdown / 4))
