@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,8 +148,12 @@ class EmbeddedServices:
         return "pgserver" if os.geteuid() == 0 else None
 
     def _ensure_postgres(self) -> str:
-        import pgserver
         import psycopg
+
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, cron) and falls back to /tmp: fine.
+            warnings.simplefilter("ignore")
+            import pgserver
 
         try:
             server = pgserver.get_server(self.pg_dir, cleanup_mode=None)

@@ -46,10 +46,12 @@ class SourceQuerySet(models.QuerySet):
         )
 
     def take_lease(self, source_id: int, *, owner: str, seconds: int) -> bool:
-        """Atomically claim an enabled source for one run; False if gone, disabled or held by a live run."""
+        """Atomically claim a source for one run; False if it is gone, disabled, rate-limited (no request
+        may go out before its reset time) or held by a live run."""
         now = timezone.now()
         return bool(
             self.filter(pk=source_id, enabled=True)
+            .filter(Q(rate_limited_until__isnull=True) | Q(rate_limited_until__lte=now))
             .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
             .update(lease_owner=owner[:64], lease_expires_at=now + timedelta(seconds=seconds))
         )
