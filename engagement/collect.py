@@ -315,7 +315,7 @@ def register_source(
         raise SourceError(f"unknown platform {platform!r}; one of: {', '.join(Platform.values)}")
     if not hashtags:
         raise SourceError("a source needs at least one hashtag")
-    check_url_allowed(url, allow_private=settings.ENGAGEMENT_ALLOW_PRIVATE_HOSTS)
+    check_url_allowed(url, allow_private=settings.ENGAGEMENT_ALLOW_PRIVATE_HOSTS, unresolvable_ok=True)
     tags = ensure_hashtags(hashtags)
     with transaction.atomic():
         source = Source.objects.create(

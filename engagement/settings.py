@@ -182,7 +182,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("STATIC_ROOT") or DATA_DIR / "static")  # filled by `manage.py collectstatic`
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # Without collectstatic (local runs, tests) WhiteNoise serves straight from the apps' static folders.
 WHITENOISE_USE_FINDERS = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -126,12 +126,13 @@ class MalformedResponse(SourceError):
 # --- URLs ----------------------------------------------------------------------------------------
 
 
-def check_url_allowed(url: str, *, allow_private: bool) -> None:
+def check_url_allowed(url: str, *, allow_private: bool, unresolvable_ok: bool = False) -> None:
     """Refuse URLs that are not http(s), or whose host resolves to a non-public address.
 
     Loopback, private, link-local (cloud metadata at 169.254.169.254), shared, reserved and
     IPv4-mapped forms of those are refused unless `allow_private` (ENGAGEMENT_ALLOW_PRIVATE_HOSTS).
-    Raises BlockedUrl.
+    Raises BlockedUrl; TemporaryError when the host does not resolve, unless `unresolvable_ok`
+    (registering a source offline: every request checks again before it goes out).
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
@@ -144,6 +145,8 @@ def check_url_allowed(url: str, *, allow_private: bool) -> None:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, ValueError) as exc:
+        if unresolvable_ok:
+            return
         raise TemporaryError(f"cannot resolve {parts.hostname}: {exc}") from exc
     for info in infos:
         address = ipaddress.ip_address(info[4][0].split("%")[0])
