@@ -95,3 +95,10 @@ def test_bootstrap_does_not_bring_back_sources_someone_removed(settings):
     Source.objects.create(platform="mastodon", name="mine", base_url="https://mine.example")
     run("bootstrap")
     assert list(Source.objects.values_list("name", flat=True)) == ["mine"]
+
+
+def test_health_command_exits_non_zero_naming_the_part(settings):
+    # No worker runs in this test: the worker part is unhealthy, the database part is fine.
+    assert '"ok": true' in run("health", "--part", "database")
+    with pytest.raises(CommandError, match="unhealthy"):
+        run("health", "--part", "worker")
