@@ -50,13 +50,15 @@ class LanguageListFilter(admin.SimpleListFilter):
 
 @admin.register(Post)
 class PostAdmin(admin.ModelAdmin):
-    list_display = ["excerpt", "author_handle", "platform", "created_at", "status", "open_link"]
+    # Status right after the text: the column moderators need most must not scroll out of view.
+    list_display = ["excerpt", "status", "author_handle", "platform", "created_at", "open_link"]
     list_filter = ["platform", "status", HashtagListFilter, LanguageListFilter, "kind", "created_at"]
     date_hierarchy = "created_at"
     search_fields = ["text", "author__handle", "author__display_name", "external_id"]
     list_select_related = ["author"]
     list_per_page = 50
     show_full_result_count = False  # no COUNT(*) over the whole table on every page
+    show_facets = admin.ShowFacets.NEVER  # per-option counts would scan the whole table too
     ordering = ["-created_at", "-id"]
     readonly_fields = [
         "platform", "external_id", "uri", "url", "kind", "author", "source", "created_at", "collected_at",
@@ -68,7 +70,7 @@ class PostAdmin(admin.ModelAdmin):
     @admin.display(description="text")
     def excerpt(self, post: Post) -> str:
         text = post.text.replace("\n", " ")
-        return text[:120] + ("…" if len(text) > 120 else "")
+        return text[:100] + ("…" if len(text) > 100 else "")
 
     @admin.display(description="author", ordering="author__handle")
     def author_handle(self, post: Post) -> str:
@@ -83,12 +85,16 @@ class PostAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # posts come from collection only
 
+    def has_delete_permission(self, request, obj=None):
+        return False  # deleting would lose the raw payload; moderation rejects instead
+
 
 @admin.register(Source)
 class SourceAdmin(admin.ModelAdmin):
-    list_display = ["name", "platform", "base_url", "enabled", "health_badge", "last_success_at", "lag",
-                    "consecutive_failures", "short_error", "rate_limited_until"]
+    list_display = ["name", "platform", "health_badge", "last_success_at", "lag", "consecutive_failures",
+                    "short_error"]
     list_filter = ["platform", "enabled"]
+    show_facets = admin.ShowFacets.NEVER
     search_fields = ["name", "base_url"]
     filter_horizontal = ["hashtags"]
     readonly_fields = ["cursor", "created_at", "next_poll_at", "last_poll_at", "last_success_at", "last_error",
@@ -99,8 +105,10 @@ class SourceAdmin(admin.ModelAdmin):
     def health_badge(self, source: Source) -> str:
         colours = {"ok": "#2e7d32", "new": "#555", "rate-limited": "#b26a00", "failing": "#c62828",
                    "disabled": "#777"}
-        return format_html('<strong style="color:{}">{}</strong>', colours.get(source.health, "#555"),
-                           source.health)
+        label = Source.Health(source.health).label
+        if source.health == Source.Health.RATE_LIMITED:
+            label = f"{label} until {source.rate_limited_until:%Y-%m-%d %H:%M} UTC"
+        return format_html('<strong style="color:{}">{}</strong>', colours.get(source.health, "#555"), label)
 
     @admin.display(description="lag")
     def lag(self, source: Source) -> str:
@@ -108,7 +116,10 @@ class SourceAdmin(admin.ModelAdmin):
 
     @admin.display(description="last error")
     def short_error(self, source: Source) -> str:
-        return source.last_error[:100] if source.consecutive_failures else ""
+        if not source.consecutive_failures:
+            return ""
+        error = source.last_error
+        return error[:60] + ("…" if len(error) > 60 else "")
 
 
 @admin.register(CollectionRun)
@@ -116,6 +127,7 @@ class CollectionRunAdmin(admin.ModelAdmin):
     list_display = ["started_at", "source", "outcome", "pages", "fetched", "new", "updated", "errors",
                     "took", "message"]
     list_filter = ["outcome", "source__platform", "source"]
+    show_facets = admin.ShowFacets.NEVER
     list_select_related = ["source"]
     show_full_result_count = False
     date_hierarchy = "started_at"
@@ -136,6 +148,7 @@ class CollectionRunAdmin(admin.ModelAdmin):
 class RejectedItemAdmin(admin.ModelAdmin):
     list_display = ["created_at", "platform", "source", "external_id", "reason"]
     list_filter = ["platform", "source"]
+    show_facets = admin.ShowFacets.NEVER
     list_select_related = ["source"]
     search_fields = ["reason", "external_id"]
     show_full_result_count = False
@@ -157,8 +170,12 @@ class HashtagAdmin(admin.ModelAdmin):
 class AuthorAdmin(admin.ModelAdmin):
     list_display = ["handle", "display_name", "platform", "first_seen_at"]
     list_filter = ["platform"]
+    show_facets = admin.ShowFacets.NEVER
     search_fields = ["handle", "display_name", "external_id"]
     show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False  # authors come from collection only
 
 
 @admin.register(ApiToken)
