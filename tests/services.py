@@ -31,12 +31,15 @@ def pytest_load_initial_conftests(early_config, parser, args):
             os.environ["DATABASE_URL"] = urls.database_url
         if urls.redis_url:
             os.environ["REDIS_URL"] = urls.redis_url
-    # The suite's own data folder (secret key, beat schedule), never the developer's .data/.
-    os.environ.setdefault("ENGAGEMENT_DATA_DIR", tempfile.mkdtemp(prefix="engagement-test-data-"))
+    if not os.environ.get("ENGAGEMENT_DATA_DIR"):
+        # The suite's own data folder (secret key, beat schedule), never the developer's .data/.
+        _started["data_dir"] = os.environ["ENGAGEMENT_DATA_DIR"] = tempfile.mkdtemp(prefix="engagement-test-data-")
     return (yield)
 
 
 def pytest_unconfigure(config):
+    if "data_dir" in _started:
+        shutil.rmtree(_started.pop("data_dir"), ignore_errors=True)
     services = _started.pop("services", None)
     if services is not None:
         from django.db import connections

@@ -44,6 +44,8 @@ def test_processes_share_the_embedded_servers_and_the_last_one_out_stops_them(tm
         assert holder.wait(60) == 0
     finally:
         holder.kill()
+        if holder.wait() != 0:  # the test failed midway: do not leave its servers running
+            EmbeddedServices(data).stop_all()
     assert not (data / "postgres" / "postmaster.pid").exists()
     wait_for(lambda: not _redis_answers(services._redis_port()), timeout=10, message="Redis stopped")
     assert services._redis_pid() is None
@@ -57,9 +59,12 @@ def test_embedded_stop_stops_servers_left_by_a_killed_process(tmp_path):
     killed.wait(120)
     services = EmbeddedServices(data)
     pid = services._redis_pid()
-    assert pid and (data / "postgres" / "postmaster.pid").exists()
-    result = subprocess.run([sys.executable, "-m", "engagement.embedded", "stop"], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    try:
+        assert pid and (data / "postgres" / "postmaster.pid").exists()
+        result = subprocess.run([sys.executable, "-m", "engagement.embedded", "stop"], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        services.stop_all()
     assert result.returncode == 0, result.stderr
     assert not (data / "postgres" / "postmaster.pid").exists()
     wait_for(lambda: not _pid_alive(pid), timeout=10, message="Redis stopped")

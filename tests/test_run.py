@@ -24,9 +24,11 @@ def get(url: str, **kwargs):
         return None
 
 
-def test_make_run_serves_collects_and_stops_cleanly(upstream, tmp_path):
+def test_make_run_serves_collects_and_stops_cleanly(upstream, tmp_path, request):
     MastodonTimeline(upstream, "UkrainePeaceTalks", [make_status(n) for n in range(1, 4)])
     data = tmp_path / "data"
+    # After the assertions, whatever happened: never leave servers behind (a no-op when all stopped).
+    request.addfinalizer(lambda: EmbeddedServices(data).stop_all())
     bind = f"127.0.0.1:{_free_port()}"
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "MAKEFLAGS", "MAKELEVEL")}
     env.update({
