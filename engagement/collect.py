@@ -12,23 +12,25 @@ from urllib.parse import urlsplit
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Value
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from engagement.models import Author, CollectionRun, Hashtag, Platform, Post, RejectedItem, Source
-from engagement.sources import mastodon
+from engagement.models import Article, Author, CollectionRun, Hashtag, Platform, Post, RejectedItem, Source
+from engagement.sources import build_connector
 from engagement.sources.base import (
     Connector,
     HttpClient,
     HttpSettings,
     MalformedResponse,
+    NeedsCredentials,
     NormalisedItem,
     Page,
-    PermanentError,
     RateLimited,
     RejectedRaw,
+    SourceConfig,
     SourceError,
     TemporaryError,
     check_url_allowed,
@@ -63,16 +65,34 @@ def http_settings() -> HttpSettings:
     )
 
 
+class CacheTokenStore:
+    """TokenStore on Django's cache (Redis): sessions shared by every worker process."""
+
+    prefix = "engagement:tokens:"
+
+    def get(self, key: str):
+        return cache.get(self.prefix + key)
+
+    def set(self, key: str, value, *, ttl: int) -> None:
+        cache.set(self.prefix + key, value, timeout=ttl)
+
+    def delete(self, key: str) -> None:
+        cache.delete(self.prefix + key)
+
+
+def source_config(source: Source) -> SourceConfig:
+    return SourceConfig(
+        platform=source.platform,
+        base_url=source.base_url,
+        hashtags=tuple(tag.name for tag in source.hashtags.all()),
+        options=dict(source.settings or {}),
+        credentials=dict(settings.ENGAGEMENT_CREDENTIALS.get(source.platform, {})),
+    )
+
+
 def connector_for(source: Source) -> Connector:
-    client = HttpClient(http_settings())
-    if source.platform == Platform.MASTODON:
-        return mastodon.MastodonConnector(
-            base_url=source.base_url,
-            hashtags=[tag.name for tag in source.hashtags.all()],
-            client=client,
-            now=timezone.now,
-        )
-    raise PermanentError(f"no connector for platform {source.platform!r}")
+    return build_connector(source_config(source), client=HttpClient(http_settings()), now=timezone.now,
+                           store=CacheTokenStore())
 
 
 def retry_delay(retries: int) -> int:
@@ -85,89 +105,124 @@ _POST_UPDATED_COLUMNS = (
     "uri", "url", "kind", "edited_at", "language", "html", "text", "hashtags",
     "reply_to_external_id", "reply_count", "repost_count", "like_count", "raw",
 )
+# Kept when a later copy does not know them (a post seen without its article or author).
+_POST_KEPT_COLUMNS = ("author_id", "article_id")
 _POST_COLUMNS = (
-    "platform", "external_id", "author_id", "source_id", "created_at", "collected_at", "updated_at", "status",
-) + _POST_UPDATED_COLUMNS
+    "platform", "external_id", "source_id", "created_at", "collected_at", "updated_at", "status",
+) + _POST_KEPT_COLUMNS + _POST_UPDATED_COLUMNS
 
 
-def _upsert_authors(platform: str, items: list[NormalisedItem]) -> dict[str, int]:
-    """Insert or refresh the page's authors; return their ids by external id (1 or 2 statements)."""
-    authors = {item.author.external_id: item.author for item in items if item.author}
-    if not authors:
+def _values(rows: list[tuple]) -> tuple[str, list]:
+    """A multi-row VALUES list with placeholders, and its flat parameters."""
+    row = "(" + ", ".join(["%s"] * len(rows[0])) + ")"
+    return ", ".join([row] * len(rows)), [value for values in rows for value in values]
+
+
+def _upsert_ids(model, *, keys: tuple[str, ...], refreshed: tuple[str, ...], first_only: tuple[str, ...] = (),
+                rows: list[tuple]) -> dict[tuple, int]:
+    """INSERT ... ON CONFLICT (keys) for rows of keys + refreshed + first_only + first_seen_at values;
+    returns {key values: id}. `first_only` columns keep the first value ever stored.
+
+    A row whose refreshed columns are unchanged is not rewritten; its id is read in a second statement.
+    """
+    if not rows:
         return {}
-    table = Author._meta.db_table
-    now = timezone.now()
-    rows = [(platform, a.external_id, a.handle, a.display_name, a.url, now) for a in authors.values()]
-    placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rows))
+    table = model._meta.db_table
+    columns = keys + refreshed + first_only + ("first_seen_at",)
+    values, params = _values(rows)
     sql = (
-        f"INSERT INTO {table} AS a (platform, external_id, handle, display_name, url, first_seen_at) "
-        f"VALUES {placeholders} "
-        "ON CONFLICT (platform, external_id) DO UPDATE SET handle = EXCLUDED.handle, "
-        "display_name = EXCLUDED.display_name, url = EXCLUDED.url "
-        "WHERE (a.handle, a.display_name, a.url) IS DISTINCT FROM "
-        "(EXCLUDED.handle, EXCLUDED.display_name, EXCLUDED.url) "
-        "RETURNING id, external_id"
+        f"INSERT INTO {table} AS t ({', '.join(columns)}) VALUES {values} "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+        + ", ".join(f"{col} = EXCLUDED.{col}" for col in refreshed)
+        + f" WHERE ({', '.join('t.' + c for c in refreshed)}) IS DISTINCT FROM "
+        + f"({', '.join('EXCLUDED.' + c for c in refreshed)}) RETURNING id, {', '.join(keys)}"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [value for row in rows for value in row])
-        ids = {external_id: pk for pk, external_id in cursor.fetchall()}
-    missing = [external_id for external_id in authors if external_id not in ids]
-    if missing:  # unchanged authors are not returned by the upsert above
-        ids.update(
-            Author.objects.filter(platform=platform, external_id__in=missing).values_list("external_id", "id")
-        )
+        cursor.execute(sql, params)
+        ids = {tuple(found[1:]): found[0] for found in cursor.fetchall()}
+    missing = [row[: len(keys)] for row in rows if tuple(row[: len(keys)]) not in ids]
+    if missing:
+        where = " OR ".join(["(" + " AND ".join(f"{k} = %s" for k in keys) + ")"] * len(missing))
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT id, {', '.join(keys)} FROM {table} WHERE {where}",
+                           [value for key in missing for value in key])
+            ids.update({tuple(found[1:]): found[0] for found in cursor.fetchall()})
     return ids
 
 
 def upsert_posts(items: list[NormalisedItem], *, source_id: int | None) -> tuple[int, int]:
     """Store normalised items in one INSERT ... ON CONFLICT; return (new, updated).
 
-    A post already stored with the same content is left untouched (not counted as updated); its
-    moderation status, first source and collection time are never overwritten.
+    Authors and articles go first, one statement each. A post already stored with the same content is
+    left untouched (not counted as updated); its moderation status, first source and collection time are
+    never overwritten. Replies are linked to their parents in one more statement.
     """
     unique: dict[tuple[str, str], NormalisedItem] = {}
     for item in items:  # one statement cannot touch a row twice: keep the last copy of each post
         unique[(item.platform, item.external_id)] = item
     if not unique:
         return 0, 0
-    by_platform: dict[str, list[NormalisedItem]] = {}
-    for item in unique.values():
-        by_platform.setdefault(item.platform, []).append(item)
-    author_ids = {
-        (platform, external_id): pk
-        for platform, group in by_platform.items()
-        for external_id, pk in _upsert_authors(platform, group).items()
-    }
     now = timezone.now()
+    authors = {(i.platform, i.author.external_id): i.author for i in unique.values() if i.author}
+    author_ids = _upsert_ids(
+        Author, keys=("platform", "external_id"), refreshed=("handle", "display_name", "url"),
+        rows=[(platform, external_id, a.handle, a.display_name, a.url, now)
+              for (platform, external_id), a in authors.items()],
+    )
+    articles = {(i.article.url,): i.article for i in unique.values() if i.article}
+    article_ids = _upsert_ids(
+        Article, keys=("url",), refreshed=("title", "published_at", "external_id"), first_only=("source_id",),
+        rows=[(url, a.title, a.published_at, a.external_id, source_id, now) for (url,), a in articles.items()],
+    )
     rows = []
     for item in unique.values():
-        author_id = author_ids.get((item.platform, item.author.external_id)) if item.author else None
         rows.append((
-            item.platform, item.external_id, author_id, source_id, item.created_at, now, now,
-            Post.Status.PENDING, item.uri, item.url, item.kind, item.edited_at, item.language, item.html,
-            item.text, list(item.hashtags), item.reply_to_external_id, item.reply_count, item.repost_count,
+            item.platform, item.external_id, source_id, item.created_at, now, now, Post.Status.PENDING,
+            author_ids.get((item.platform, item.author.external_id)) if item.author else None,
+            article_ids.get((item.article.url,)) if item.article else None,
+            item.uri, item.url, item.kind, item.edited_at, item.language, item.html, item.text,
+            list(item.hashtags), item.reply_to_external_id, item.reply_count, item.repost_count,
             item.like_count, Jsonb(item.raw),
         ))
-    columns = ", ".join(_POST_COLUMNS)
-    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(_POST_COLUMNS)) + ")"] * len(rows))
-    compared = _POST_UPDATED_COLUMNS + ("author_id",)
+    values, params = _values(rows)
+    kept = {col: f"COALESCE(EXCLUDED.{col}, p.{col})" for col in _POST_KEPT_COLUMNS}
+    new_values = {**{col: f"EXCLUDED.{col}" for col in _POST_UPDATED_COLUMNS}, **kept}
     sql = (
-        f"INSERT INTO {Post._meta.db_table} AS p ({columns}) VALUES {placeholders} "
+        f"INSERT INTO {Post._meta.db_table} AS p ({', '.join(_POST_COLUMNS)}) VALUES {values} "
         "ON CONFLICT (platform, external_id) DO UPDATE SET "
-        + ", ".join(f"{col} = EXCLUDED.{col}" for col in _POST_UPDATED_COLUMNS)
-        + ", author_id = COALESCE(EXCLUDED.author_id, p.author_id), updated_at = EXCLUDED.updated_at "
-        + "WHERE (" + ", ".join(f"p.{col}" for col in compared) + ") IS DISTINCT FROM ("
-        + ", ".join(
-            "COALESCE(EXCLUDED.author_id, p.author_id)" if col == "author_id" else f"EXCLUDED.{col}"
-            for col in compared
-        )
-        + ") RETURNING (xmax = 0) AS inserted"
+        + ", ".join(f"{col} = {expr}" for col, expr in new_values.items())
+        + ", updated_at = EXCLUDED.updated_at "
+        + f"WHERE ({', '.join('p.' + col for col in new_values)}) IS DISTINCT FROM ({', '.join(new_values.values())}) "
+        + "RETURNING (xmax = 0) AS inserted"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [value for row in rows for value in row])
+        cursor.execute(sql, params)
         results = [inserted for (inserted,) in cursor.fetchall()]
+    if any(platform in REPLY_PLATFORMS for platform, _ in unique):
+        _link_replies(list(unique))
     new = sum(1 for inserted in results if inserted)
     return new, len(results) - new
+
+
+# Platforms whose items carry a global parent id in reply_to_external_id (Mastodon gives only
+# instance-local parent ids, so its pages skip the link step).
+REPLY_PLATFORMS = {"bluesky", "wordpress", "feed", "disqus", "youtube", "reddit", "hackernews"}
+
+
+def _link_replies(keys: list[tuple[str, str]]) -> None:
+    """Point replies at their parents: this page's replies at stored parents, and stored replies at
+    parents in this page. One UPDATE; unmatched parents stay as reply_to_external_id only."""
+    table = Post._meta.db_table
+    platforms = sorted({platform for platform, _ in keys})
+    external_ids = [external_id for _, external_id in keys]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS c SET reply_to_id = p.id FROM {table} AS p "
+            "WHERE c.reply_to_id IS NULL AND c.reply_to_external_id <> '' AND c.platform = ANY(%s) "
+            "AND p.platform = c.platform AND p.external_id = c.reply_to_external_id "
+            "AND (c.external_id = ANY(%s) OR p.external_id = ANY(%s))",
+            [platforms, external_ids, external_ids],
+        )
 
 
 def record_rejected(source: Source, run: CollectionRun | None, rejected: list[RejectedRaw]) -> None:
@@ -207,11 +262,20 @@ def run_source(source_id: int, *, owner: str) -> RunReport | None:
         Source.objects.release_lease(source_id, owner=owner)
 
 
+_ERROR_KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (NeedsCredentials, Source.ErrorKind.CREDENTIALS),
+    (MalformedResponse, Source.ErrorKind.MALFORMED),
+    (TemporaryError, Source.ErrorKind.TEMPORARY),
+    (SourceError, Source.ErrorKind.PERMANENT),
+)
+
+
 def _run_leased(source: Source) -> RunReport:
     started = timezone.now()
     run = CollectionRun.objects.create(source=source, started_at=started)
-    retry = False
     rate_limited_until: datetime | None = None
+    error_kind = ""
+    health_detail: dict = {}
     try:
         for page in connector_for(source).fetch(cursor=source.cursor):
             new, updated = store_page(source, run, page)
@@ -220,6 +284,7 @@ def _run_leased(source: Source) -> RunReport:
             run.new += new
             run.updated += updated
             run.errors += len(page.rejected)
+            health_detail.update(page.health_detail)
             if page.rate_limited_until:
                 rate_limited_until = page.rate_limited_until
                 break
@@ -231,36 +296,45 @@ def _run_leased(source: Source) -> RunReport:
     except RateLimited as exc:
         rate_limited_until = exc.until
         run.outcome, run.message = CollectionRun.Outcome.RATE_LIMITED, str(exc)
-    except MalformedResponse as exc:
-        record_rejected(source, run, [RejectedRaw(reason=str(exc), raw=exc.raw)])
-        run.errors += 1
-        run.outcome, run.message = CollectionRun.Outcome.FAILED, str(exc)
-    except TemporaryError as exc:
-        run.outcome, run.message = CollectionRun.Outcome.FAILED, str(exc)
-        retry = True
     except SourceError as exc:
+        if isinstance(exc, MalformedResponse):
+            record_rejected(source, run, [RejectedRaw(reason=str(exc), raw=exc.raw)])
+            run.errors += 1
+        error_kind = next(kind for cls, kind in _ERROR_KINDS if isinstance(exc, cls))
         run.outcome, run.message = CollectionRun.Outcome.FAILED, str(exc)
     except Exception as exc:
         run.outcome, run.message = CollectionRun.Outcome.FAILED, f"internal error: {exc.__class__.__name__}: {exc}"
-        _finish(source, run, started, rate_limited_until)
+        _finish(source, run, started, rate_limited_until, Source.ErrorKind.INTERNAL, health_detail)
         raise
-    _finish(source, run, started, rate_limited_until)
-    return RunReport(run=run, retry=retry)
+    paused = _finish(source, run, started, rate_limited_until, error_kind, health_detail)
+    return RunReport(run=run, retry=error_kind == Source.ErrorKind.TEMPORARY and not paused)
 
 
-def _finish(source: Source, run: CollectionRun, started: datetime, rate_limited_until: datetime | None) -> None:
+def _finish(source: Source, run: CollectionRun, started: datetime, rate_limited_until: datetime | None,
+            error_kind: str, health_detail: dict) -> bool:
+    """Record the run and the source's health; return True when the circuit opened (source paused)."""
     now = timezone.now()
     run.finished_at = now
     run.save()
     changes: dict = {"last_poll_at": started, "next_poll_at": now + timedelta(seconds=source.poll_interval)}
+    paused = False
     if run.outcome == CollectionRun.Outcome.FAILED:
-        changes.update(
-            last_error=run.message, last_error_at=now, consecutive_failures=F("consecutive_failures") + 1
-        )
+        failures = source.consecutive_failures + 1
+        changes.update(last_error=run.message, last_error_at=now, last_error_kind=error_kind,
+                       consecutive_failures=failures)
+        if failures >= settings.ENGAGEMENT_CIRCUIT_FAILURES:
+            # The circuit opens: the source rests, so a broken upstream is not hammered every interval.
+            paused = True
+            changes["paused_until"] = now + timedelta(seconds=settings.ENGAGEMENT_CIRCUIT_COOLDOWN)
+            changes["next_poll_at"] = changes["paused_until"]
+            run.message += f" (paused after {failures} failures in a row, until {changes['paused_until']:%H:%M} UTC)"
+            CollectionRun.objects.filter(pk=run.pk).update(message=run.message)
     else:
-        changes.update(consecutive_failures=0)
+        changes.update(consecutive_failures=0, paused_until=None)
         if run.outcome != CollectionRun.Outcome.RATE_LIMITED or run.pages:
             changes["last_success_at"] = now
+    if health_detail:
+        changes["health_detail"] = {**source.health_detail, **health_detail}
     if rate_limited_until:
         changes["rate_limited_until"] = rate_limited_until
         changes["next_poll_at"] = max(changes["next_poll_at"], rate_limited_until)
@@ -268,6 +342,7 @@ def _finish(source: Source, run: CollectionRun, started: datetime, rate_limited_
     log = logger.warning if run.outcome == CollectionRun.Outcome.FAILED else logger.info
     log("source %s (%s): %s fetched=%s new=%s updated=%s errors=%s %s", source.pk, source.name, run.outcome,
         run.fetched, run.new, run.updated, run.errors, run.message)
+    return paused
 
 
 def claim_due_sources(*, now: datetime | None = None, limit: int = DISPATCH_BATCH) -> list[tuple[int, int]]:

@@ -17,6 +17,15 @@ from engagement.sources.base import normalise_tag
 
 class Platform(models.TextChoices):
     MASTODON = "mastodon", "Mastodon"
+    BLUESKY = "bluesky", "Bluesky"
+    WORDPRESS = "wordpress", "WordPress comments"
+    FEED = "feed", "RSS/Atom comment feed"
+    DISQUS = "disqus", "Disqus"
+    YOUTUBE = "youtube", "YouTube"
+    REDDIT = "reddit", "Reddit"
+    HACKERNEWS = "hackernews", "Hacker News"
+    TELEGRAM = "telegram", "Telegram"
+    IMPORT = "import", "File import"
 
 
 class Hashtag(models.Model):
@@ -43,6 +52,7 @@ class SourceQuerySet(models.QuerySet):
         return self.filter(enabled=True).filter(
             Q(next_poll_at__isnull=True) | Q(next_poll_at__lte=now),
             Q(rate_limited_until__isnull=True) | Q(rate_limited_until__lte=now),
+            Q(paused_until__isnull=True) | Q(paused_until__lte=now),
         )
 
     def take_lease(self, source_id: int, *, owner: str, seconds: int) -> bool:
@@ -52,6 +62,7 @@ class SourceQuerySet(models.QuerySet):
         return bool(
             self.filter(pk=source_id, enabled=True)
             .filter(Q(rate_limited_until__isnull=True) | Q(rate_limited_until__lte=now))
+            .filter(Q(paused_until__isnull=True) | Q(paused_until__lte=now))
             .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
             .update(lease_owner=owner[:64], lease_expires_at=now + timedelta(seconds=seconds))
         )
@@ -65,8 +76,17 @@ class Source(models.Model):
         NEW = "new", "never polled"
         OK = "ok", "ok"
         RATE_LIMITED = "rate-limited", "rate-limited"
+        NEEDS_CREDENTIALS = "needs-credentials", "needs credentials"
         FAILING = "failing", "failing"
+        PAUSED = "paused", "paused (too many failures)"
         DISABLED = "disabled", "disabled"
+
+    class ErrorKind(models.TextChoices):
+        TEMPORARY = "temporary", "temporary (timeout, 5xx)"
+        PERMANENT = "permanent", "permanent (refused, blocked)"
+        CREDENTIALS = "credentials", "credentials missing or refused"
+        MALFORMED = "malformed", "malformed response"
+        INTERNAL = "internal", "internal error"
 
     platform = models.CharField(max_length=32, choices=Platform.choices)
     name = models.CharField(max_length=200)
@@ -82,8 +102,13 @@ class Source(models.Model):
     last_success_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
+    last_error_kind = models.CharField(max_length=16, choices=ErrorKind.choices, blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
     rate_limited_until = models.DateTimeField(null=True, blank=True)
+    # The circuit: after too many failures in a row the source rests until then (see collect.py).
+    paused_until = models.DateTimeField(null=True, blank=True)
+    # What the connector reports about itself, shown with the health (e.g. a daily quota left).
+    health_detail = models.JSONField(default=dict, blank=True)
     # A run holds the lease while it fetches, so overlapping tasks for one source never fetch twice.
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -102,8 +127,12 @@ class Source(models.Model):
         now = timezone.now()
         if not self.enabled:
             return self.Health.DISABLED
+        if self.paused_until and self.paused_until > now:
+            return self.Health.PAUSED
         if self.rate_limited_until and self.rate_limited_until > now:
             return self.Health.RATE_LIMITED
+        if self.consecutive_failures and self.last_error_kind == self.ErrorKind.CREDENTIALS:
+            return self.Health.NEEDS_CREDENTIALS
         if self.consecutive_failures:
             return self.Health.FAILING
         if not self.last_success_at:
@@ -132,6 +161,23 @@ class Author(models.Model):
 
     def __str__(self) -> str:
         return self.handle or self.external_id
+
+
+class Article(models.Model):
+    """A newsroom article whose comments are collected (WordPress, comment feeds, Disqus)."""
+
+    url = models.URLField(max_length=2048, unique=True)
+    title = models.CharField(max_length=1000, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    external_id = models.CharField(max_length=2048, blank=True, help_text="The site's own id, when it has one.")
+    source = models.ForeignKey(Source, null=True, blank=True, on_delete=models.SET_NULL, related_name="articles")
+    first_seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-published_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.title or self.url
 
 
 class PostQuerySet(models.QuerySet):
@@ -171,6 +217,7 @@ class Post(models.Model):
     text = models.TextField(blank=True, help_text="Plain text.")
     hashtags = ArrayField(models.CharField(max_length=200), default=list, blank=True,
                           help_text="Casefolded tags, without '#'.")
+    article = models.ForeignKey(Article, null=True, blank=True, on_delete=models.SET_NULL, related_name="comments")
     reply_to = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies")
     reply_to_external_id = models.CharField(max_length=2048, blank=True)
     reply_count = models.PositiveIntegerField(default=0)

@@ -103,6 +103,14 @@ if not DATABASE_URL or not REDIS_URL:
 
 DATABASES = {"default": parse_database_url(DATABASE_URL)}
 REDIS_URL = validate_redis_url(REDIS_URL)
+# Shared state between processes (login sessions of platforms); the broker's Redis, its own key prefix.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "engagement",
+    }
+}
 
 # --- core Django ---------------------------------------------------------------------------------
 
@@ -237,6 +245,23 @@ ENGAGEMENT_HTTP_READ_TIMEOUT = env_int("ENGAGEMENT_HTTP_READ_TIMEOUT", 20, minim
 ENGAGEMENT_USER_AGENT = env_str(
     "ENGAGEMENT_USER_AGENT", "engagement/0.1 (public hashtag collector; operators set ENGAGEMENT_USER_AGENT with a contact)"
 )
+# After this many failed runs in a row a source pauses for the cool-down (the circuit opens).
+ENGAGEMENT_CIRCUIT_FAILURES = env_int("ENGAGEMENT_CIRCUIT_FAILURES", 5, minimum=1)
+ENGAGEMENT_CIRCUIT_COOLDOWN = env_int("ENGAGEMENT_CIRCUIT_COOLDOWN", 900, minimum=1)
+
+# Platform credentials. A platform without them runs anonymously where it can, and reports
+# "needs credentials" where it cannot.
+ENGAGEMENT_CREDENTIALS = {
+    "bluesky": {"handle": env_str("BLUESKY_HANDLE"), "app_password": env_str("BLUESKY_APP_PASSWORD")},
+    "disqus": {"api_key": env_str("DISQUS_API_KEY")},
+    "youtube": {"api_key": env_str("YOUTUBE_API_KEY")},
+    "reddit": {"client_id": env_str("REDDIT_CLIENT_ID"), "client_secret": env_str("REDDIT_CLIENT_SECRET")},
+}
+ENGAGEMENT_CREDENTIALS = {
+    platform: {key: value for key, value in values.items() if value}
+    for platform, values in ENGAGEMENT_CREDENTIALS.items()
+}
+
 ENGAGEMENT_ADMIN_USER = env_str("ENGAGEMENT_ADMIN_USER", "admin")
 ENGAGEMENT_ADMIN_PASSWORD = env_str("ENGAGEMENT_ADMIN_PASSWORD")
 

@@ -228,3 +228,65 @@ def test_sources_may_not_point_at_private_hosts_unless_allowed(settings, upstrea
     assert result.outcome == CollectionRun.Outcome.FAILED
     assert "ENGAGEMENT_ALLOW_PRIVATE_HOSTS" in result.message
     assert upstream.requests == []
+
+
+def test_the_circuit_opens_after_repeated_failures_and_closes_after_the_cool_down(upstream, settings):
+    settings.ENGAGEMENT_CIRCUIT_FAILURES = 3
+    settings.ENGAGEMENT_CIRCUIT_COOLDOWN = 600
+    timeline = MastodonTimeline(upstream, TAG, [make_status(1)])
+    timeline.override = Reply(503, "", {})
+    source = add_source(upstream)
+    reports = [collect.run_source(source.pk, owner="test") for _ in range(3)]
+    assert [r.retry for r in reports] == [True, True, False]  # no retry once the circuit is open
+    source.refresh_from_db()
+    assert source.health == Source.Health.PAUSED
+    assert source.paused_until > timezone.now() + timedelta(seconds=590)
+    assert "paused after 3 failures" in reports[-1].run.message
+    asked = len(upstream.requests)
+    assert collect.run_source(source.pk, owner="test") is None
+    Source.objects.filter(pk=source.pk).update(next_poll_at=None)
+    assert collect.claim_due_sources() == []
+    assert len(upstream.requests) == asked
+    # After the cool-down it is polled again, and a success closes the circuit.
+    timeline.override = None
+    Source.objects.filter(pk=source.pk).update(paused_until=timezone.now() - timedelta(seconds=1))
+    assert run(source).outcome == CollectionRun.Outcome.OK
+    source.refresh_from_db()
+    assert (source.health, source.paused_until, source.consecutive_failures) == (Source.Health.OK, None, 0)
+
+
+def test_a_refusal_for_lack_of_credentials_shows_as_needs_credentials(upstream):
+    MastodonTimeline(upstream, TAG).override = Reply(401, {"error": "This API requires an authenticated user"}, {})
+    source = add_source(upstream)
+    report = collect.run_source(source.pk, owner="test")
+    assert report.run.outcome == CollectionRun.Outcome.FAILED and not report.retry
+    source.refresh_from_db()
+    assert source.health == Source.Health.NEEDS_CREDENTIALS
+    assert "401" in source.last_error
+
+
+def test_comments_are_linked_to_their_article_and_to_their_parent_in_any_order():
+    from datetime import datetime, timezone as tz
+
+    from engagement.models import Article
+    from engagement.sources.base import NormalisedArticle, NormalisedAuthor, NormalisedItem
+
+    article = NormalisedArticle(url="https://news.example/talks", title="Talks resume",
+                                published_at=datetime(2026, 11, 19, tzinfo=tz.utc), external_id="42")
+
+    def comment(n: int, parent: int | None = None) -> NormalisedItem:
+        return NormalisedItem(platform="wordpress", external_id=f"https://news.example/?comment={n}",
+                              created_at=datetime(2026, 11, 20, n, tzinfo=tz.utc), raw={"id": n}, kind="comment",
+                              author=NormalisedAuthor(external_id=f"reader-{n}"), text=f"comment {n}",
+                              article=article,
+                              reply_to_external_id=f"https://news.example/?comment={parent}" if parent else "")
+
+    assert collect.upsert_posts([comment(2, parent=1)], source_id=None) == (1, 0)  # the reply first
+    assert collect.upsert_posts([comment(1), comment(3, parent=1)], source_id=None) == (2, 0)
+    stored = {p.external_id.rsplit("=", 1)[1]: p for p in Post.objects.select_related("reply_to", "article")}
+    assert stored["2"].reply_to == stored["1"] and stored["3"].reply_to == stored["1"]
+    assert stored["1"].reply_to is None
+    assert Article.objects.get().title == "Talks resume"
+    assert {p.article.url for p in stored.values()} == {"https://news.example/talks"}
+    # The same comments again: nothing new, nothing rewritten.
+    assert collect.upsert_posts([comment(1), comment(2, parent=1), comment(3, parent=1)], source_id=None) == (0, 0)

@@ -31,9 +31,11 @@ def test_beat_and_a_worker_collect_recorded_posts_into_the_api_by_themselves(
                      api_posts(api_client, hashtag=PAGINATION_TAG), timeout=60, message="30 posts in the API")
     assert len({post["external_id"] for post in posts}) == 30
     assert all(post["platform"] == "mastodon" and post["status"] == "pending" for post in posts)
+    # Pages are committed as they are stored; the run and the source's health are recorded at its end.
+    wait_for(lambda: CollectionRun.objects.filter(source=source, outcome=CollectionRun.Outcome.OK).exists(),
+             timeout=30, message="the run recorded as ok")
     source.refresh_from_db()
     assert source.last_success_at is not None and source.health == Source.Health.OK
-    assert CollectionRun.objects.filter(source=source, outcome=CollectionRun.Outcome.OK).exists()
     assert worker.proc.poll() is None
 
 

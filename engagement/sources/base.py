@@ -43,6 +43,16 @@ class NormalisedAuthor:
 
 
 @dataclass(frozen=True)
+class NormalisedArticle:
+    """The article a comment belongs to (WordPress, comment feeds, Disqus); `url` identifies it."""
+
+    url: str
+    title: str = ""
+    published_at: datetime | None = None
+    external_id: str = ""
+
+
+@dataclass(frozen=True)
 class NormalisedItem:
     platform: str
     external_id: str
@@ -57,7 +67,9 @@ class NormalisedItem:
     html: str = ""
     text: str = ""
     hashtags: tuple[str, ...] = ()
+    # The parent's external_id (same platform) when the platform gives a global one; linked on store.
     reply_to_external_id: str = ""
+    article: NormalisedArticle | None = None
     reply_count: int = 0
     repost_count: int = 0
     like_count: int = 0
@@ -81,13 +93,40 @@ class Page:
     cursor: dict = field(default_factory=dict)
     # Set when the upstream said its budget is spent: collection stops and waits until then.
     rate_limited_until: datetime | None = None
+    # Facts shown with the source's health, merged into Source.health_detail (e.g. {"quota_left": 9400}).
+    health_detail: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """What a connector knows of its source: plain values, no ORM."""
+
+    platform: str
+    base_url: str
+    hashtags: tuple[str, ...]
+    options: dict = field(default_factory=dict)  # Source.settings: platform-specific options
+    credentials: dict = field(default_factory=dict)  # from the environment, e.g. {"api_key": ...}
+
+
+class TokenStore(Protocol):
+    """Shared, expiring storage for things like login sessions (kept in Redis by collect.py)."""
+
+    def get(self, key: str) -> Any: ...
+
+    def set(self, key: str, value: Any, *, ttl: int) -> None: ...
+
+    def delete(self, key: str) -> None: ...
 
 
 class Connector(Protocol):
     platform: str
 
     def fetch(self, *, cursor: dict) -> Iterator[Page]:
-        """Yield pages from `cursor` onwards; bounded per call. May raise SourceError subclasses."""
+        """Yield pages from `cursor` onwards; bounded per call. May raise SourceError subclasses.
+
+        Each page's `cursor` is the whole cursor to save once that page is stored, so a run that stops
+        after any page resumes after it.
+        """
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -113,6 +152,10 @@ class PermanentError(SourceError):
 
 class BlockedUrl(PermanentError):
     pass
+
+
+class NeedsCredentials(PermanentError):
+    """The upstream wants credentials we do not have, or refused the ones we have."""
 
 
 class MalformedResponse(SourceError):
@@ -247,7 +290,7 @@ def check_status(
     if status >= 500:
         raise TemporaryError(f"upstream error {status} from {response.url}")
     if status in (401, 403):
-        raise PermanentError(f"access refused ({status}) by {response.url}: credentials or login needed")
+        raise NeedsCredentials(f"access refused ({status}) by {response.url}: credentials or login needed")
     if status >= 400 and status != 404:
         raise PermanentError(f"upstream answered {status} for {response.url}")
 

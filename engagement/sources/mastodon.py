@@ -210,3 +210,7 @@ class MastodonConnector:
 
 def _valid_id(status: Any) -> bool:
     return isinstance(status, dict) and isinstance(status.get("id"), str) and status["id"].isdigit()
+
+
+def build(config, *, client: HttpClient, now: Callable[[], datetime], store=None) -> MastodonConnector:
+    return MastodonConnector(base_url=config.base_url, hashtags=list(config.hashtags), client=client, now=now)
