@@ -383,7 +383,8 @@ def ensure_hashtags(names: list[str]) -> list[Hashtag]:
 
 
 def register_source(
-    *, platform: str, url: str, hashtags: list[str], interval: int | None = None, name: str = ""
+    *, platform: str, url: str, hashtags: list[str], interval: int | None = None, name: str = "",
+    options: dict | None = None,
 ) -> Source:
     """Create an enabled source. Raises SourceError for an unknown platform or a refused URL."""
     if platform not in Platform.values:
@@ -398,6 +399,7 @@ def register_source(
             base_url=url.rstrip("/"),
             name=name or f"{urlsplit(url).hostname} {' '.join(str(t) for t in tags)}",
             poll_interval=interval or settings.ENGAGEMENT_DEFAULT_POLL_INTERVAL,
+            settings=options or {},
         )
         source.hashtags.set(tags)
     return source

@@ -102,3 +102,11 @@ def test_health_command_exits_non_zero_naming_the_part(settings):
     assert '"ok": true' in run("health", "--part", "database")
     with pytest.raises(CommandError, match="unhealthy"):
         run("health", "--part", "worker")
+
+
+def test_sources_add_stores_platform_options(upstream):
+    source_id = run("sources", "add", "--platform", "mastodon", "--url", upstream.url, "--hashtag", "t",
+                    "--option", "note=first", "--option", "limit=2").strip()
+    assert Source.objects.get(pk=source_id).settings == {"note": "first", "limit": "2"}
+    with pytest.raises(CommandError, match="KEY=VALUE"):
+        run("sources", "add", "--platform", "mastodon", "--url", upstream.url, "--hashtag", "t", "--option", "oops")

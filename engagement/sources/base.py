@@ -225,14 +225,23 @@ class HttpClient:
         self.session.headers["User-Agent"] = http.user_agent
 
     def get(self, url: str, *, params: dict | None = None, headers: dict | None = None) -> requests.Response:
+        return self.request("GET", url, params=params, headers=headers)
+
+    def post(self, url: str, *, json: Any = None, data: Any = None, headers: dict | None = None,
+             auth: Any = None) -> requests.Response:
+        """A POST (logins, token requests); redirects are not followed for it."""
+        return self.request("POST", url, json=json, data=data, headers=headers, auth=auth)
+
+    def request(self, method: str, url: str, *, params: dict | None = None, headers: dict | None = None,
+                **kwargs) -> requests.Response:
         for _ in range(MAX_REDIRECTS + 1):
             check_url_allowed(url, allow_private=self.http.allow_private)
             try:
-                response = self.session.get(
-                    url, params=params, headers=headers, stream=True, allow_redirects=False,
-                    timeout=(self.http.connect_timeout, self.http.read_timeout),
+                response = self.session.request(
+                    method, url, params=params, headers=headers, stream=True, allow_redirects=False,
+                    timeout=(self.http.connect_timeout, self.http.read_timeout), **kwargs,
                 )
-                if response.is_redirect:
+                if response.is_redirect and method == "GET":
                     url, params = urljoin(response.url, response.headers["Location"]), None
                     response.close()
                     continue

@@ -16,6 +16,8 @@ class Command(BaseCommand):
         add.add_argument("--hashtag", required=True, action="append", help="repeat for several hashtags")
         add.add_argument("--interval", type=int, help="seconds between polls")
         add.add_argument("--name", default="")
+        add.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                         help="a platform option (see README), e.g. --option channel=example; repeatable")
         sub.add_parser("list", help="every source with its health")
         disable = sub.add_parser("disable", help="stop polling a source")
         disable.add_argument("id", type=int)
@@ -25,11 +27,18 @@ class Command(BaseCommand):
     def handle(self, *args, action, **options):
         getattr(self, f"handle_{action}")(**options)
 
-    def handle_add(self, *, platform, url, hashtag, interval, name, **_):
+    def handle_add(self, *, platform, url, hashtag, interval, name, option, **_):
         if interval is not None and interval < 10:
             raise CommandError("--interval must be at least 10 seconds")
+        options = {}
+        for pair in option:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise CommandError(f"--option takes KEY=VALUE, not {pair!r}")
+            options[key.strip()] = value.strip()
         try:
-            source = collect.register_source(platform=platform, url=url, hashtags=hashtag, interval=interval, name=name)
+            source = collect.register_source(platform=platform, url=url, hashtags=hashtag, interval=interval,
+                                             name=name, options=options)
         except SourceError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(str(source.pk))
