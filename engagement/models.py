@@ -184,6 +184,10 @@ class PostQuerySet(models.QuerySet):
     def for_hashtag(self, tag: str):
         return self.filter(hashtags__contains=[normalise_tag(tag)])
 
+    def alive(self):
+        """Posts not deleted upstream: what the API, summaries and exports show."""
+        return self.filter(deleted_at__isnull=True)
+
 
 class Post(models.Model):
     class Kind(models.TextChoices):
@@ -225,6 +229,10 @@ class Post(models.Model):
     like_count = models.PositiveIntegerField(default=0)
     raw = models.JSONField(default=dict, help_text="The upstream item as received.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    # A tombstone: the post was deleted upstream (found by the re-check); the row and raw payload stay.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deletion_reason = models.CharField(max_length=300, blank=True)
+    last_checked_at = models.DateTimeField(null=True, blank=True, help_text="Last re-check for edits and deletion.")
 
     objects = PostQuerySet.as_manager()
 
@@ -243,6 +251,23 @@ class Post(models.Model):
 
     def __str__(self) -> str:
         return f"{self.platform}:{self.external_id}"
+
+
+class PostRevision(models.Model):
+    """An earlier version of a post, kept when an edit replaces its text."""
+
+    post = models.ForeignKey(Post, on_delete=models.CASCADE, related_name="revisions")
+    text = models.TextField(blank=True)
+    html = models.TextField(blank=True)
+    edited_at = models.DateTimeField(null=True, blank=True, help_text="When that version was written, if known.")
+    raw = models.JSONField(default=dict)
+    replaced_at = models.DateTimeField(default=timezone.now, help_text="When we saw it replaced.")
+
+    class Meta:
+        ordering = ["post", "-replaced_at"]
+
+    def __str__(self) -> str:
+        return f"revision of {self.post_id} replaced {self.replaced_at:%Y-%m-%d %H:%M}"
 
 
 class CollectionRun(models.Model):
