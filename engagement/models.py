@@ -231,7 +231,7 @@ class Post(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     # A tombstone: the post was deleted upstream (found by the re-check); the row and raw payload stay.
     deleted_at = models.DateTimeField(null=True, blank=True)
-    deletion_reason = models.CharField(max_length=300, blank=True)
+    deletion_reason = models.CharField(max_length=300, blank=True, db_default="")
     last_checked_at = models.DateTimeField(null=True, blank=True, help_text="Last re-check for edits and deletion.")
 
     objects = PostQuerySet.as_manager()
