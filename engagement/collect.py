@@ -6,8 +6,11 @@ the cursor at the last page it stored, so the next run fetches from there.
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import urlsplit
 from datetime import datetime, timedelta
 
@@ -18,8 +21,18 @@ from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F,
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from engagement.models import Article, Author, CollectionRun, Hashtag, Platform, Post, RejectedItem, Source
-from engagement.sources import build_connector
+from engagement.models import (
+    Article,
+    Author,
+    CollectionRun,
+    Hashtag,
+    Platform,
+    Post,
+    PostRevision,
+    RejectedItem,
+    Source,
+)
+from engagement.sources import MODULES, build_connector
 from engagement.sources.base import (
     Connector,
     HttpClient,
@@ -62,6 +75,7 @@ def http_settings() -> HttpSettings:
         read_timeout=settings.ENGAGEMENT_HTTP_READ_TIMEOUT,
         user_agent=settings.ENGAGEMENT_USER_AGENT,
         allow_private=settings.ENGAGEMENT_ALLOW_PRIVATE_HOSTS,
+        trusted_hosts=frozenset(settings.ENGAGEMENT_TRUSTED_HOSTS),
     )
 
 
@@ -150,12 +164,15 @@ def _upsert_ids(model, *, keys: tuple[str, ...], refreshed: tuple[str, ...], fir
     return ids
 
 
-def upsert_posts(items: list[NormalisedItem], *, source_id: int | None) -> tuple[int, int]:
+def upsert_posts(items: list[NormalisedItem], *, source_id: int | None,
+                 record_revisions: bool = True) -> tuple[int, int]:
     """Store normalised items in one INSERT ... ON CONFLICT; return (new, updated).
 
     Authors and articles go first, one statement each. A post already stored with the same content is
     left untouched (not counted as updated); its moderation status, first source and collection time are
-    never overwritten. Replies are linked to their parents in one more statement.
+    never overwritten. When an edit changes a stored post's text, the previous version is kept as a
+    PostRevision (unless `record_revisions` is off: re-parsing stored payloads is not an edit). Replies
+    are linked to their parents in one more statement.
     """
     unique: dict[tuple[str, str], NormalisedItem] = {}
     for item in items:  # one statement cannot touch a row twice: keep the last copy of each post
@@ -184,6 +201,7 @@ def upsert_posts(items: list[NormalisedItem], *, source_id: int | None) -> tuple
             list(item.hashtags), item.reply_to_external_id, item.reply_count, item.repost_count,
             item.like_count, Jsonb(item.raw),
         ))
+    replaced = _replaced_versions(unique) if record_revisions else []
     values, params = _values(rows)
     kept = {col: f"COALESCE(EXCLUDED.{col}, p.{col})" for col in _POST_KEPT_COLUMNS}
     new_values = {**{col: f"EXCLUDED.{col}" for col in _POST_UPDATED_COLUMNS}, **kept}
@@ -198,10 +216,31 @@ def upsert_posts(items: list[NormalisedItem], *, source_id: int | None) -> tuple
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         results = [inserted for (inserted,) in cursor.fetchall()]
+    if replaced:
+        PostRevision.objects.bulk_create(replaced)
     if any(platform in REPLY_PLATFORMS for platform, _ in unique):
         _link_replies(list(unique))
     new = sum(1 for inserted in results if inserted)
     return new, len(results) - new
+
+
+def _replaced_versions(unique: dict[tuple[str, str], NormalisedItem]) -> list[PostRevision]:
+    """The stored versions that these items are about to replace with different text (one SELECT)."""
+    keys = list(unique)
+    where = " OR ".join(["(platform = %s AND external_id = %s)"] * len(keys))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, platform, external_id, text, html, edited_at, raw FROM {Post._meta.db_table} WHERE {where}",
+            [value for key in keys for value in key],
+        )
+        stored = cursor.fetchall()
+    # Django's psycopg set-up hands jsonb over as text from a raw cursor.
+    return [
+        PostRevision(post_id=pk, text=text, html=html, edited_at=edited_at,
+                     raw=json.loads(raw) if isinstance(raw, str) else raw)
+        for pk, platform, external_id, text, html, edited_at, raw in stored
+        if (text, html) != (unique[(platform, external_id)].text, unique[(platform, external_id)].html)
+    ]
 
 
 # Platforms whose items carry a global parent id in reply_to_external_id (Mastodon gives only
@@ -391,7 +430,8 @@ def register_source(
         raise SourceError(f"unknown platform {platform!r}; one of: {', '.join(Platform.values)}")
     if not hashtags:
         raise SourceError("a source needs at least one hashtag")
-    check_url_allowed(url, allow_private=settings.ENGAGEMENT_ALLOW_PRIVATE_HOSTS, unresolvable_ok=True)
+    check_url_allowed(url, allow_private=settings.ENGAGEMENT_ALLOW_PRIVATE_HOSTS, unresolvable_ok=True,
+                      trusted_hosts=frozenset(settings.ENGAGEMENT_TRUSTED_HOSTS))
     tags = ensure_hashtags(hashtags)
     with transaction.atomic():
         source = Source.objects.create(
@@ -403,3 +443,158 @@ def register_source(
         )
         source.hashtags.set(tags)
     return source
+
+
+# --- edits and deletions -------------------------------------------------------------------------
+
+# Posts re-checked per source per run, one request each: bounded so a re-check never starves polling.
+RECHECK_BATCH = 100
+
+
+@dataclass(frozen=True)
+class RecheckReport:
+    checked: int = 0
+    edited: int = 0
+    deleted: int = 0
+    errors: int = 0
+    message: str = ""
+
+
+def recheck_source(source_id: int, *, owner: str, now: datetime | None = None) -> RecheckReport | None:
+    """Look again at this source's recent posts (published within ENGAGEMENT_RECHECK_DAYS), least recently
+    checked first: an edit is stored (the old text kept as a revision), a deletion becomes a tombstone.
+
+    Returns None when the source is gone, disabled, rate-limited or being polled. Idempotent.
+    """
+    if not Source.objects.take_lease(source_id, owner=owner, seconds=LEASE_SECONDS):
+        return None
+    try:
+        source = Source.objects.get(pk=source_id)
+        connector = connector_for(source)
+        if not hasattr(connector, "recheck"):
+            return RecheckReport(message=f"{source.platform} sources cannot be re-checked yet")
+        now = now or timezone.now()
+        posts = list(
+            Post.objects.alive()
+            .filter(source=source, created_at__gte=now - timedelta(days=settings.ENGAGEMENT_RECHECK_DAYS))
+            .order_by(F("last_checked_at").asc(nulls_first=True), "id")
+            .values_list("id", "external_id", "raw")[:RECHECK_BATCH]
+        )
+        ids = {external_id: pk for pk, external_id, _raw in posts}
+        checked, edited_items, deleted, errors, message = set(), [], 0, 0, ""
+        try:
+            for result in connector.recheck([(external_id, raw) for _pk, external_id, raw in posts]):
+                checked.add(result.external_id)
+                if result.item is not None:
+                    edited_items.append(result.item)
+                elif result.deleted_reason:
+                    deleted += Post.objects.filter(pk=ids[result.external_id], deleted_at__isnull=True).update(
+                        deleted_at=timezone.now(), deletion_reason=result.deleted_reason[:300])
+                else:
+                    errors += 1
+        except RateLimited as exc:
+            Source.objects.filter(pk=source_id).update(rate_limited_until=exc.until)
+            message = str(exc)
+        except SourceError as exc:
+            message = str(exc)
+        _new, edited = upsert_posts(edited_items, source_id=source.pk)
+        Post.objects.filter(pk__in=[ids[e] for e in checked if e in ids]).update(last_checked_at=timezone.now())
+        report = RecheckReport(checked=len(checked), edited=edited, deleted=deleted, errors=errors, message=message)
+        logger.info("re-check of source %s: %s", source_id, report)
+        return report
+    finally:
+        Source.objects.release_lease(source_id, owner=owner)
+
+
+def sources_to_recheck(*, now: datetime | None = None) -> list[int]:
+    """Enabled sources with posts recent enough to re-check."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.ENGAGEMENT_RECHECK_DAYS)
+    return list(
+        Source.objects.filter(enabled=True, posts__created_at__gte=cutoff, posts__deleted_at__isnull=True)
+        .distinct().order_by("id").values_list("id", flat=True)
+    )
+
+
+# --- backfill and re-parsing ---------------------------------------------------------------------
+
+
+def backfill_source(source_id: int, *, since: datetime, owner: str,
+                    on_page: Callable[[CollectionRun], None] | None = None) -> CollectionRun | None:
+    """Walk a source back to `since` (bounded per call by the connector; call again to go on).
+
+    The polling cursor never moves backwards. Returns None when the source is gone, disabled,
+    rate-limited or being polled; raises SourceError when the platform cannot backfill.
+    """
+    if not Source.objects.take_lease(source_id, owner=owner, seconds=LEASE_SECONDS):
+        return None
+    try:
+        source = Source.objects.get(pk=source_id)
+        connector = connector_for(source)
+        if not hasattr(connector, "backfill"):
+            raise SourceError(f"{source.platform} sources cannot backfill yet")
+        run = CollectionRun.objects.create(source=source, message=f"backfill since {since.isoformat()}")
+        try:
+            for page in connector.backfill(since=since, cursor=source.cursor):
+                new, updated = store_page(source, run, page)
+                run.pages += 1
+                run.fetched += page.fetched
+                run.new += new
+                run.updated += updated
+                run.errors += len(page.rejected)
+                if on_page:
+                    on_page(run)
+                if page.rate_limited_until:
+                    Source.objects.filter(pk=source_id).update(rate_limited_until=page.rate_limited_until)
+                    break
+            run.outcome = CollectionRun.Outcome.PARTIAL if run.errors else CollectionRun.Outcome.OK
+        except RateLimited as exc:
+            Source.objects.filter(pk=source_id).update(rate_limited_until=exc.until)
+            run.outcome, run.message = CollectionRun.Outcome.RATE_LIMITED, f"{run.message}: {exc}"
+        except SourceError as exc:
+            run.outcome, run.message = CollectionRun.Outcome.FAILED, f"{run.message}: {exc}"
+        run.finished_at = timezone.now()
+        run.save()
+        return run
+    finally:
+        Source.objects.release_lease(source_id, owner=owner)
+
+
+# Posts re-parsed per batch: one SELECT and one upsert per batch.
+RENORMALISE_BATCH = 1000
+
+
+def renormalise(*, platform: str | None = None,
+                on_batch: Callable[[int, int], None] | None = None) -> tuple[int, int, int]:
+    """Rebuild stored fields from each post's raw payload with the current parser (after a parser fix).
+
+    Returns (checked, changed, failed); a post its parser no longer accepts is left as it is and counted
+    as failed. Moderation status, identity and collection times are kept; no revision is recorded.
+    """
+    checked = changed = failed = 0
+    last_id = 0
+    modules: dict[str, object] = {}
+    queryset = Post.objects.filter(platform=platform) if platform else Post.objects.all()
+    while True:
+        batch = list(queryset.filter(id__gt=last_id).order_by("id").values_list("id", "platform", "raw", "hashtags")
+                     [:RENORMALISE_BATCH])
+        if not batch:
+            break
+        last_id = batch[-1][0]
+        items = []
+        for _pk, post_platform, raw, hashtags in batch:
+            if post_platform not in modules:
+                modules[post_platform] = importlib.import_module(MODULES[post_platform]) \
+                    if post_platform in MODULES else None
+            parser = getattr(modules[post_platform], "normalise_native", None)
+            result = parser(raw, hashtags=tuple(hashtags) or tuple(settings.ENGAGEMENT_HASHTAGS)) if parser else None
+            if isinstance(result, NormalisedItem):
+                items.append(result)
+            else:
+                failed += 1
+        _new, updated = upsert_posts(items, source_id=None, record_revisions=False)
+        checked += len(batch)
+        changed += updated
+        if on_batch:
+            on_batch(checked, changed)
+    return checked, changed, failed

@@ -232,6 +232,8 @@ if not ENGAGEMENT_HASHTAGS:
     raise ImproperlyConfigured("ENGAGEMENT_HASHTAGS must name at least one hashtag")
 # Sources may point at loopback / private addresses only when this is on (local use and tests).
 ENGAGEMENT_ALLOW_PRIVATE_HOSTS = env_bool("ENGAGEMENT_ALLOW_PRIVATE_HOSTS", False)
+# Narrower than the above: only these hosts ("host" or "host:port") may be private.
+ENGAGEMENT_TRUSTED_HOSTS = env_list("ENGAGEMENT_TRUSTED_HOSTS", [])
 # Mastodon instances that `make run` registers for each hashtag on a fresh database ("" for none).
 ENGAGEMENT_DEFAULT_MASTODON_INSTANCES = env_list(
     "ENGAGEMENT_DEFAULT_MASTODON_INSTANCES",
@@ -245,6 +247,10 @@ ENGAGEMENT_HTTP_READ_TIMEOUT = env_int("ENGAGEMENT_HTTP_READ_TIMEOUT", 20, minim
 ENGAGEMENT_USER_AGENT = env_str(
     "ENGAGEMENT_USER_AGENT", "engagement/0.1 (public hashtag collector; operators set ENGAGEMENT_USER_AGENT with a contact)"
 )
+# Posts published within this many days are looked at again for edits and deletions, every
+# ENGAGEMENT_RECHECK_INTERVAL seconds.
+ENGAGEMENT_RECHECK_DAYS = env_int("ENGAGEMENT_RECHECK_DAYS", 7, minimum=0)
+ENGAGEMENT_RECHECK_INTERVAL = env_int("ENGAGEMENT_RECHECK_INTERVAL", 3600, minimum=60)
 # After this many failed runs in a row a source pauses for the cool-down (the circuit opens).
 ENGAGEMENT_CIRCUIT_FAILURES = env_int("ENGAGEMENT_CIRCUIT_FAILURES", 5, minimum=1)
 ENGAGEMENT_CIRCUIT_COOLDOWN = env_int("ENGAGEMENT_CIRCUIT_COOLDOWN", 900, minimum=1)

@@ -44,7 +44,19 @@ class MastodonTimeline:
         self.statuses = list(statuses or [])
         self.rate_limit_remaining = rate_limit_remaining
         self.override: Reply | None = None  # when set, every request gets this reply
+        self.instance: dict | None = None  # when set, served at /api/v2/instance
         upstream.routes[self.path] = self.handle
+        upstream.prefix_routes.append(("/api/v1/statuses/", self.handle_status))
+        upstream.routes["/api/v2/instance"] = self.handle_instance
+
+    def handle_status(self, path: str, query: dict) -> Reply:
+        """GET /api/v1/statuses/:id, for re-checks; a status removed from `statuses` is a 404."""
+        status_id = path.rsplit("/", 1)[-1]
+        found = next((s for s in self.statuses if s["id"] == status_id), None)
+        return Reply(200, found) if found else Reply(404, {"error": "Record not found"})
+
+    def handle_instance(self, path: str, query: dict) -> Reply:
+        return Reply(200, self.instance) if self.instance else Reply(404, {"error": "Not found"})
 
     def handle(self, path: str, query: dict) -> Reply:
         if self.override is not None:

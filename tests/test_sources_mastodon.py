@@ -143,8 +143,9 @@ def test_the_first_run_walks_back_through_the_recorded_link_headers(upstream, re
     assert [len(page.items) for page in pages] == [10, 10, 10, 0]
     assert len({item.external_id for page in pages for item in page.items}) == 30
     newest = "117020582251615632"
-    assert pages[-1].cursor == {PAGINATION_TAG: {"newest_id": newest}}
-    assert [seen.query.get("max_id") for seen in upstream.requests] == [
+    assert pages[-1].cursor[PAGINATION_TAG] == {"newest_id": newest}
+    assert pages[-1].cursor["@instance"]["hashtag_feeds"] == {"local": "public", "remote": "public"}
+    assert [seen.query.get("max_id") for seen in upstream.requests_to("/api/v1/timelines/")] == [
         None, "117020582177108552", "117020582097668259", "117020582018205171"]
 
 
@@ -153,8 +154,8 @@ def test_a_later_run_asks_only_for_statuses_after_the_cursor(upstream, recorded)
     cursor = {PAGINATION_TAG: {"newest_id": "117020582251615632"}}
     pages = list(connector(upstream, PAGINATION_TAG).fetch(cursor=cursor))
     assert [len(page.items) for page in pages] == [0]
-    assert upstream.requests[0].query["min_id"] == "117020582251615632"
-    assert pages[-1].cursor == cursor
+    assert upstream.requests_to("/api/v1/timelines/")[0].query["min_id"] == "117020582251615632"
+    assert pages[-1].cursor[PAGINATION_TAG] == cursor[PAGINATION_TAG]
 
 
 def test_polling_follows_min_id_until_it_has_caught_up(upstream):
@@ -163,7 +164,7 @@ def test_polling_follows_min_id_until_it_has_caught_up(upstream):
     pages = list(connector(upstream, "UkrainePeaceTalks").fetch(cursor=cursor))
     stored = sorted(int(item.raw["id"]) for page in pages for item in page.items)
     assert stored == [int(make_status(n)["id"]) for n in range(11, 101)]
-    assert pages[-1].cursor == {"ukrainepeacetalks": {"newest_id": make_status(100)["id"]}}
+    assert pages[-1].cursor["ukrainepeacetalks"] == {"newest_id": make_status(100)["id"]}
 
 
 def test_an_unknown_tag_is_an_empty_page_not_an_error(upstream):
@@ -190,7 +191,7 @@ def test_429_with_only_a_reset_header_waits_for_the_reset(upstream):
 def test_a_spent_budget_stops_paging_until_the_reset(upstream):
     MastodonTimeline(upstream, "UkrainePeaceTalks", [make_status(n) for n in range(1, 200)], rate_limit_remaining=2)
     pages = list(connector(upstream, "UkrainePeaceTalks").fetch(cursor={}))
-    assert len(upstream.requests) == 2
+    assert len(upstream.requests_to("/api/v1/timelines/")) == 2
     assert pages[-1].rate_limited_until is not None
     assert sum(len(page.items) for page in pages) == 80
 

@@ -108,10 +108,12 @@ def serve_recorded(upstream: FakeUpstream, interactions: list[dict], *, recorded
             continue
         parts = urlsplit(interaction["url"])
         query = tuple(sorted((k, v) for k, v in parse_qsl(parts.query) if k not in ignore_params))
-        table.setdefault((parts.path, query), interaction)
+        # Servers answer a path with or without its trailing slash alike (Mastodon.py asks for
+        # "/api/v2/instance/", the API documents "/api/v2/instance").
+        table.setdefault((parts.path.rstrip("/"), query), interaction)
 
     def handler(path: str, query: dict) -> Reply:
-        key = (path, tuple(sorted((k, v) for k, v in query.items() if k not in ignore_params)))
+        key = (path.rstrip("/"), tuple(sorted((k, v) for k, v in query.items() if k not in ignore_params)))
         interaction = table.get(key)
         if interaction is None:
             return Reply(404, {"error": f"no recording for {path} {query}"})
@@ -126,4 +128,4 @@ def serve_recorded(upstream: FakeUpstream, interactions: list[dict], *, recorded
         return Reply(interaction["status"], body if isinstance(body, (list, dict)) else str(body), headers)
 
     for path, _query in table:
-        upstream.routes[path] = handler
+        upstream.routes[path] = upstream.routes[path + "/"] = handler

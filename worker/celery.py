@@ -57,6 +57,11 @@ app.conf.update(
             # A tick that could not run in time is dropped: the next one does the same work.
             "options": {"expires": float(settings.ENGAGEMENT_DISPATCH_INTERVAL)},
         },
+        "recheck-recent-posts": {
+            "task": "worker.tasks.recheck_due_sources",
+            "schedule": float(settings.ENGAGEMENT_RECHECK_INTERVAL),
+            "options": {"expires": float(settings.ENGAGEMENT_RECHECK_INTERVAL)},
+        },
     },
     beat_scheduler="worker.celery:HealthRecordingScheduler",
     beat_schedule_filename=str(settings.CELERY_BEAT_SCHEDULE_FILE),

@@ -6,6 +6,7 @@ import random
 
 from celery import shared_task
 from celery.utils.log import get_task_logger
+from django.conf import settings
 
 from engagement import collect
 
@@ -38,3 +39,18 @@ def poll_source(self, source_id: int) -> None:
     if report.retry and self.request.retries < MAX_RETRIES:
         countdown = collect.retry_delay(self.request.retries)
         raise self.retry(countdown=countdown + random.uniform(0, countdown / 4))
+
+
+@shared_task
+def recheck_due_sources() -> int:
+    """Queue a re-check (edits, deletions) of each source with recent posts."""
+    source_ids = collect.sources_to_recheck()
+    for source_id in source_ids:
+        recheck_source.apply_async((source_id,), expires=settings.ENGAGEMENT_RECHECK_INTERVAL)
+    return len(source_ids)
+
+
+@shared_task(bind=True)
+def recheck_source(self, source_id: int) -> None:
+    """Idempotent: a post re-checked twice is stored once, and a running poll holds the source's lease."""
+    collect.recheck_source(source_id, owner=self.request.id or "recheck_source")

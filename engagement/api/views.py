@@ -8,6 +8,6 @@ from engagement.models import Post
 class PostViewSet(viewsets.ReadOnlyModelViewSet):
     """Collected posts, newest first, with cursor paging."""
 
-    queryset = Post.objects.select_related("author")
+    queryset = Post.objects.alive().select_related("author")
     serializer_class = PostSerializer
     filterset_class = PostFilter

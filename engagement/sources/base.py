@@ -98,6 +98,16 @@ class Page:
 
 
 @dataclass(frozen=True)
+class Recheck:
+    """What a second look at a stored item found: its current version, its deletion, or an error."""
+
+    external_id: str
+    item: NormalisedItem | None = None
+    deleted_reason: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     """What a connector knows of its source: plain values, no ORM."""
 
@@ -119,6 +129,10 @@ class TokenStore(Protocol):
 
 
 class Connector(Protocol):
+    """`fetch` is required. Optional: `backfill(*, since, cursor) -> Iterator[Page]` (walk back to a
+    date without moving the polling cursor backwards) and `recheck(posts) -> Iterator[Recheck]` (look
+    at stored items again for edits and deletions; `posts` are (external_id, raw) pairs)."""
+
     platform: str
 
     def fetch(self, *, cursor: dict) -> Iterator[Page]:
@@ -169,23 +183,29 @@ class MalformedResponse(SourceError):
 # --- URLs ----------------------------------------------------------------------------------------
 
 
-def check_url_allowed(url: str, *, allow_private: bool, unresolvable_ok: bool = False) -> None:
+def check_url_allowed(url: str, *, allow_private: bool, unresolvable_ok: bool = False,
+                      trusted_hosts: frozenset[str] = frozenset()) -> None:
     """Refuse URLs that are not http(s), or whose host resolves to a non-public address.
 
     Loopback, private, link-local (cloud metadata at 169.254.169.254), shared, reserved and
     IPv4-mapped forms of those are refused unless `allow_private` (ENGAGEMENT_ALLOW_PRIVATE_HOSTS).
     Raises BlockedUrl; TemporaryError when the host does not resolve, unless `unresolvable_ok`
-    (registering a source offline: every request checks again before it goes out).
+    (registering a source offline: every request checks again before it goes out). Hosts named in
+    `trusted_hosts` ("host" or "host:port", ENGAGEMENT_TRUSTED_HOSTS) pass, e.g. a newsroom's own
+    WordPress on its private network.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise BlockedUrl(f"only http and https URLs are allowed, not {url!r}")
     if not parts.hostname:
         raise BlockedUrl(f"the URL {url!r} has no host")
-    if allow_private:
-        return
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise BlockedUrl(f"the URL {url!r} has a bad port") from None
+    if allow_private or parts.hostname in trusted_hosts or f"{parts.hostname}:{port}" in trusted_hosts:
+        return
+    try:
         infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, ValueError) as exc:
         if unresolvable_ok:
@@ -210,6 +230,7 @@ class HttpSettings:
     read_timeout: float = 20
     user_agent: str = "engagement"
     allow_private: bool = False
+    trusted_hosts: frozenset[str] = frozenset()
     max_bytes: int = MAX_RESPONSE_BYTES
 
 
@@ -235,7 +256,7 @@ class HttpClient:
     def request(self, method: str, url: str, *, params: dict | None = None, headers: dict | None = None,
                 **kwargs) -> requests.Response:
         for _ in range(MAX_REDIRECTS + 1):
-            check_url_allowed(url, allow_private=self.http.allow_private)
+            check_url_allowed(url, allow_private=self.http.allow_private, trusted_hosts=self.http.trusted_hosts)
             try:
                 response = self.session.request(
                     method, url, params=params, headers=headers, stream=True, allow_redirects=False,

@@ -23,9 +23,12 @@ from .base import (
     MAX_ITEM_HTML_CHARS,
     HttpClient,
     MalformedResponse,
+    NeedsCredentials,
     NormalisedAuthor,
     NormalisedItem,
     Page,
+    PermanentError,
+    Recheck,
     RejectedRaw,
     check_status,
     html_to_text,
@@ -43,6 +46,12 @@ PAGE_LIMIT = 40
 MAX_PAGES_PER_RUN = 10
 # How far the first run of a new source reaches back.
 BACKFILL_PAGES = 5
+# `collect --backfill` reads at most this many pages per tag per call (10,000 posts); a later call resumes.
+MAX_BACKFILL_PAGES = 250
+# The instance's settings (is the tag timeline public?) are read again after this long.
+INSTANCE_CHECK_SECONDS = 24 * 3600
+# The cursor entry that holds the instance check ('@' cannot occur in a tag).
+INSTANCE_KEY = "@instance"
 
 
 def _status_id(value: Any) -> int:
@@ -76,8 +85,11 @@ def _author(account: Any) -> NormalisedAuthor | None:
     )
 
 
-def normalise_status(status: Any, *, tag_key: str) -> NormalisedItem | RejectedRaw | None:
-    """One status as a NormalisedItem; RejectedRaw when unusable; None when it lacks the tag."""
+def normalise_status(status: Any, *, tag_key: str | None) -> NormalisedItem | RejectedRaw | None:
+    """One status as a NormalisedItem; RejectedRaw when unusable; None when it lacks the tag.
+
+    `tag_key=None` accepts any status (re-checking a stored post whose edit may have removed the tag).
+    """
     if not isinstance(status, dict):
         return RejectedRaw(reason="status is not a JSON object", raw=status)
     original = status.get("reblog") or status
@@ -90,7 +102,7 @@ def normalise_status(status: Any, *, tag_key: str) -> NormalisedItem | RejectedR
     if not isinstance(tags, list):
         return RejectedRaw(reason="status has no tags list", raw=original, external_id=uri)
     keys = sorted({normalise_tag(t["name"]) for t in tags if isinstance(t, dict) and isinstance(t.get("name"), str)})
-    if tag_key not in keys:
+    if tag_key is not None and tag_key not in keys:
         return None
     try:
         created_at = parse_timestamp(original.get("created_at"), field_name="created_at")
@@ -145,13 +157,19 @@ class MastodonConnector:
         self.now = now
 
     def fetch(self, *, cursor: dict) -> Iterator[Page]:
-        """Pages for each hashtag; each page's `cursor` is the whole source cursor once it is stored."""
+        """Pages for each hashtag; each page's `cursor` is the whole source cursor once it is stored.
+
+        Raises NeedsCredentials when the instance shows tag timelines to logged-in users only.
+        """
         cursor = {key: dict(value) for key, value in cursor.items() if isinstance(value, dict)}
+        cursor[INSTANCE_KEY] = self._check_instance(cursor.get(INSTANCE_KEY, {}))
+        detail = {"hashtag_feeds": cursor[INSTANCE_KEY].get("hashtag_feeds")}
         for tag_key in self.tag_keys:
             for page in self._fetch_tag(tag_key, cursor.get(tag_key, {})):
                 if "newest_id" in page.cursor:
                     cursor[tag_key] = page.cursor
                 page.cursor = {key: dict(value) for key, value in cursor.items()}
+                page.health_detail = detail
                 yield page
                 if page.rate_limited_until:
                     return
@@ -185,6 +203,97 @@ class MastodonConnector:
             if len(statuses) < PAGE_LIMIT or page.rate_limited_until:
                 return
 
+    def _check_instance(self, state: dict) -> dict:
+        """Read /api/v2/instance (at most daily): may the tag timeline be read without login?
+
+        Mastodon 4.5+ reports `configuration.timelines_access.hashtag_feeds.{local,remote}` as "public",
+        "authenticated" or "disabled"; older servers have no such key (or no v2 endpoint) and are read.
+        """
+        now = self.now()
+        checked_at = state.get("checked_at")
+        if checked_at:
+            try:
+                fresh = (now - parse_timestamp(checked_at, field_name="checked_at")).total_seconds() < INSTANCE_CHECK_SECONDS
+            except ValueError:
+                fresh = False
+        else:
+            fresh = False
+        if not fresh:
+            response = self.client.get(f"{self.base_url}/api/v2/instance", headers={"Accept": "application/json"})
+            check_status(response, now=now, reset=rate_limit_reset)
+            feeds = None
+            if response.status_code != 404:
+                body = json_body(response)
+                access = body.get("configuration", {}).get("timelines_access") if isinstance(body, dict) else None
+                feeds = access.get("hashtag_feeds") if isinstance(access, dict) else None
+            state = {"checked_at": now.isoformat(), "hashtag_feeds": feeds if isinstance(feeds, dict) else None}
+        feeds = state.get("hashtag_feeds") or {}
+        local, remote = feeds.get("local", "public"), feeds.get("remote", "public")
+        if "public" not in (local, remote):
+            if "authenticated" in (local, remote):
+                raise NeedsCredentials(
+                    f"{self.base_url} shows tag timelines to logged-in users only "
+                    f"(timelines_access.hashtag_feeds: local={local}, remote={remote})"
+                )
+            raise PermanentError(f"{self.base_url} has disabled tag timelines (local={local}, remote={remote})")
+        return state
+
+    def backfill(self, *, since: datetime, cursor: dict) -> Iterator[Page]:
+        """Walk older pages (max_id) back to `since`, at most MAX_BACKFILL_PAGES per tag per call.
+
+        The polling cursor is kept; the walk's position is saved as `backfill_max_id`, so a later
+        call resumes where this one stopped and a finished walk is not repeated.
+        """
+        cursor = {key: dict(value) for key, value in cursor.items() if isinstance(value, dict)}
+        for tag_key in self.tag_keys:
+            state = cursor.setdefault(tag_key, {})
+            if state.get("backfilled_since") and state["backfilled_since"] <= since.isoformat():
+                continue
+            url = f"{self.base_url}/api/v1/timelines/tag/{quote(tag_key, safe='')}"
+            max_id = state.get("backfill_max_id")
+            for _ in range(MAX_BACKFILL_PAGES):
+                params = {"limit": PAGE_LIMIT, **({"max_id": max_id} if max_id else {})}
+                page, statuses, _response = self._get_page(url, params, tag_key)
+                tagged = len(page.items)
+                page.items = [item for item in page.items if item.created_at >= since]
+                ids = [s["id"] for s in statuses if _valid_id(s)]
+                if ids:
+                    max_id = min(ids, key=_status_id)
+                    state["backfill_max_id"] = max_id
+                    state.setdefault("newest_id", max(ids, key=_status_id))
+                # Done when the timeline ends or this page already reaches back past `since`.
+                reached = not statuses or len(page.items) < tagged
+                if reached:
+                    state.pop("backfill_max_id", None)
+                    state["backfilled_since"] = since.isoformat()
+                page.cursor = {key: dict(value) for key, value in cursor.items()}
+                yield page
+                if reached or page.rate_limited_until:
+                    break
+
+    def recheck(self, posts: list[tuple[str, dict]]) -> Iterator[Recheck]:
+        """Fetch stored statuses again by their id on this instance: edits come back as items, a 404
+        or 410 as a deletion. `posts` are (external_id, raw) of posts this source collected."""
+        for external_id, raw in posts:
+            local_id = raw.get("id") if isinstance(raw, dict) else None
+            if not isinstance(local_id, str) or not local_id.isdigit():
+                yield Recheck(external_id=external_id, error="no instance-local id in the stored payload")
+                continue
+            now = self.now()
+            response = self.client.get(f"{self.base_url}/api/v1/statuses/{local_id}",
+                                       headers={"Accept": "application/json"})
+            if response.status_code in (404, 410):
+                yield Recheck(external_id=external_id,
+                              deleted_reason=f"deleted upstream ({response.status_code} from {self.base_url})")
+                continue
+            check_status(response, now=now, reset=rate_limit_reset)
+            result = normalise_status(json_body(response), tag_key=None)
+            if isinstance(result, NormalisedItem) and result.external_id == external_id:
+                yield Recheck(external_id=external_id, item=result)
+            else:
+                reason = result.reason if isinstance(result, RejectedRaw) else "the instance returned another status"
+                yield Recheck(external_id=external_id, error=reason)
+
     def _get_page(self, url: str, params: dict | None, tag_key: str) -> tuple[Page, list, requests.Response | None]:
         now = self.now()
         response = self.client.get(url, params=params, headers={"Accept": "application/json"})
@@ -214,3 +323,12 @@ def _valid_id(status: Any) -> bool:
 
 def build(config, *, client: HttpClient, now: Callable[[], datetime], store=None) -> MastodonConnector:
     return MastodonConnector(base_url=config.base_url, hashtags=list(config.hashtags), client=client, now=now)
+
+
+def normalise_native(obj: dict, *, hashtags: tuple[str, ...]) -> NormalisedItem | RejectedRaw | None:
+    """A status as the API returns it (an import line, a stored raw payload): tagged with any of `hashtags`."""
+    for tag in hashtags:
+        result = normalise_status(obj, tag_key=normalise_tag(tag))
+        if result is not None:
+            return result
+    return None
