@@ -91,15 +91,15 @@ class PostAdmin(admin.ModelAdmin):
 
 @admin.register(Source)
 class SourceAdmin(admin.ModelAdmin):
-    list_display = ["name", "platform", "health_badge", "last_success_at", "lag", "consecutive_failures",
-                    "short_error"]
+    list_display = ["name", "platform", "health_badge", "last_success_at", "lag", "last_run",
+                    "consecutive_failures", "short_error"]
     list_filter = ["platform", "enabled"]
     show_facets = admin.ShowFacets.NEVER
     search_fields = ["name", "base_url"]
     filter_horizontal = ["hashtags"]
     readonly_fields = ["cursor", "created_at", "next_poll_at", "last_poll_at", "last_success_at", "last_error",
-                       "last_error_at", "consecutive_failures", "rate_limited_until", "lease_owner",
-                       "lease_expires_at"]
+                       "last_error_at", "last_error_kind", "consecutive_failures", "rate_limited_until",
+                       "paused_until", "health_detail", "lease_owner", "lease_expires_at"]
 
     @admin.display(description="health")
     def health_badge(self, source: Source) -> str:
@@ -113,6 +113,15 @@ class SourceAdmin(admin.ModelAdmin):
     @admin.display(description="lag")
     def lag(self, source: Source) -> str:
         return _duration(source.lag)
+
+    @admin.display(description="last run")
+    def last_run(self, source: Source) -> str:
+        if source.last_run_outcome is None:
+            return "—"
+        return f"{source.last_run_outcome}: {source.last_run_new} new of {source.last_run_fetched}"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).with_last_run()
 
     @admin.display(description="last error")
     def short_error(self, source: Source) -> str:

@@ -55,6 +55,15 @@ class SourceQuerySet(models.QuerySet):
             Q(paused_until__isnull=True) | Q(paused_until__lte=now),
         )
 
+    def with_last_run(self):
+        """Annotate each source with its latest run's outcome, fetched and new counts (one query)."""
+        latest = CollectionRun.objects.filter(source=models.OuterRef("pk")).order_by("-started_at", "-id")
+        return self.annotate(
+            last_run_outcome=models.Subquery(latest.values("outcome")[:1]),
+            last_run_fetched=models.Subquery(latest.values("fetched")[:1]),
+            last_run_new=models.Subquery(latest.values("new")[:1]),
+        )
+
     def take_lease(self, source_id: int, *, owner: str, seconds: int) -> bool:
         """Atomically claim a source for one run; False if it is gone, disabled, rate-limited (no request
         may go out before its reset time) or held by a live run."""

@@ -134,3 +134,24 @@ def test_the_openapi_schema_is_served(api_client):
     response = api_client.get("/api/v1/schema/")
     assert response.status_code == 200
     assert b"/api/v1/posts/" in response.content
+
+
+def test_sources_show_their_health_and_latest_run(api_client, upstream, django_assert_max_num_queries):
+    from engagement import collect
+    from tests.mastodon_fake import MastodonTimeline, make_status
+    from tests.upstream import Reply
+
+    MastodonTimeline(upstream, "UkrainePeaceTalks", [make_status(1), make_status(2)])
+    MastodonTimeline(upstream, "Broken").override = Reply(502, "", {})
+    good = collect.register_source(platform="mastodon", url=upstream.url, hashtags=["UkrainePeaceTalks"])
+    bad = collect.register_source(platform="mastodon", url=upstream.url, hashtags=["Broken"])
+    collect.run_source(good.pk, owner="t")
+    collect.run_source(bad.pk, owner="t")
+    with django_assert_max_num_queries(4):  # token, sources (latest run as subqueries), hashtags
+        body = api_client.get("/api/v1/sources/").json()
+    by_id = {s["id"]: s for s in body}
+    assert by_id[good.pk]["health"] == "ok" and by_id[good.pk]["last_run"] == {"outcome": "ok", "fetched": 2, "new": 2}
+    assert by_id[good.pk]["hashtags"] == ["UkrainePeaceTalks"] and by_id[good.pk]["lag_seconds"] >= 0
+    assert by_id[bad.pk]["health"] == "failing" and "502" in by_id[bad.pk]["last_error"]
+    assert by_id[bad.pk]["last_error_kind"] == "temporary"
+    assert len(api_client.get("/api/v1/sources/?enabled=false").json()) == 0

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from engagement.api.filters import PostFilter
+from engagement.api.views import SourceViewSet
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -40,8 +41,15 @@ def test_every_posts_filter_is_documented(name):
     assert f"`{name}`" in README, f"the posts filter {name!r} is not documented in README.md"
 
 
+@pytest.mark.parametrize("name", sorted(SourceViewSet.filterset_fields))
+def test_every_sources_filter_is_documented(name):
+    assert f"`{name}`" in README, f"the sources filter {name!r} is not documented in README.md"
+
+
 @pytest.mark.parametrize("command", ["make run", "make test", "manage.py sources add", "manage.py sources list",
                                      "manage.py sources disable", "manage.py collect --once", "manage.py tokens create",
-                                     "/healthz", "/api/v1/posts/"])
+                                     "/healthz", "/api/v1/posts/", "/api/v1/sources/",
+                                     "manage.py collect --backfill", "manage.py collect --recheck",
+                                     "manage.py renormalise"])
 def test_the_readme_gives_the_commands_and_endpoints(command):
     assert command in README

@@ -6,6 +6,7 @@ from engagement.api import views
 
 router = DefaultRouter()
 router.register("posts", views.PostViewSet, basename="post")
+router.register("sources", views.SourceViewSet, basename="source")
 
 urlpatterns = [
     path("", include(router.urls)),

@@ -44,7 +44,7 @@ class Command(BaseCommand):
         self.stdout.write(str(source.pk))
 
     def handle_list(self, **_):
-        sources = Source.objects.prefetch_related("hashtags")
+        sources = Source.objects.with_last_run().prefetch_related("hashtags")
         if not sources:
             self.stdout.write("no sources; add one with: manage.py sources add --platform mastodon --url URL --hashtag TAG")
             return
@@ -54,7 +54,9 @@ class Command(BaseCommand):
             lag = f"{int(s.lag.total_seconds())}s" if s.lag else "-"
             self.stdout.write(
                 f"{s.pk}\t{s.platform}\t{s.base_url}\t{tags}\thealth={s.health}\tlast_success={last_success}\t"
-                f"lag={lag}\tfailures={s.consecutive_failures}\tinterval={s.poll_interval}s"
+                f"lag={lag}\tfailures={s.consecutive_failures}\tinterval={s.poll_interval}s\t"
+                f"last_run={s.last_run_outcome or '-'}:{s.last_run_new or 0}/{s.last_run_fetched or 0}"
+                + "".join(f"\t{key}={value}" for key, value in s.health_detail.items())
                 + (f"\terror={s.last_error[:200]}" if s.consecutive_failures else "")
             )
 
