@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.utils import timezone
 from django.utils.html import format_html
 
-from engagement.models import ApiToken, Author, CollectionRun, Hashtag, Post, RejectedItem, Source
+from engagement.models import ApiToken, Article, Author, CollectionRun, Hashtag, Post, PostRevision, RejectedItem, Source
 from engagement.sources.base import normalise_tag
 
 
@@ -48,11 +48,40 @@ class LanguageListFilter(admin.SimpleListFilter):
         return queryset.filter(language=self.value()) if self.value() else queryset
 
 
+class DeletedListFilter(admin.SimpleListFilter):
+    title = "deleted upstream"
+    parameter_name = "deleted"
+
+    def lookups(self, request, model_admin):
+        return [("no", "no"), ("yes", "yes (tombstones)")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "no":
+            return queryset.filter(deleted_at__isnull=True)
+        if self.value() == "yes":
+            return queryset.filter(deleted_at__isnull=False)
+        return queryset
+
+
+class RevisionInline(admin.TabularInline):
+    model = PostRevision
+    extra = 0
+    fields = ["replaced_at", "edited_at", "text"]
+    readonly_fields = fields
+    can_delete = False
+    verbose_name_plural = "earlier versions (edits)"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Post)
 class PostAdmin(admin.ModelAdmin):
+    inlines = [RevisionInline]
     # Status right after the text: the column moderators need most must not scroll out of view.
     list_display = ["excerpt", "status", "author_handle", "platform", "created_at", "open_link"]
-    list_filter = ["platform", "status", HashtagListFilter, LanguageListFilter, "kind", "created_at"]
+    list_filter = ["platform", "status", HashtagListFilter, LanguageListFilter, "kind", DeletedListFilter,
+                   "created_at"]
     date_hierarchy = "created_at"
     search_fields = ["text", "author__handle", "author__display_name", "external_id"]
     list_select_related = ["author"]
@@ -61,16 +90,17 @@ class PostAdmin(admin.ModelAdmin):
     show_facets = admin.ShowFacets.NEVER  # per-option counts would scan the whole table too
     ordering = ["-created_at", "-id"]
     readonly_fields = [
-        "platform", "external_id", "uri", "url", "kind", "author", "source", "created_at", "collected_at",
-        "updated_at", "edited_at", "language", "html", "text", "hashtags", "reply_to", "reply_to_external_id",
-        "reply_count", "repost_count", "like_count", "raw",
+        "platform", "external_id", "uri", "url", "kind", "author", "article", "source", "created_at",
+        "collected_at", "updated_at", "edited_at", "deleted_at", "deletion_reason", "language", "html", "text",
+        "hashtags", "reply_to", "reply_to_external_id", "reply_count", "repost_count", "like_count", "raw",
     ]
     fields = ["status"] + readonly_fields
 
     @admin.display(description="text")
     def excerpt(self, post: Post) -> str:
         text = post.text.replace("\n", " ")
-        return text[:100] + ("…" if len(text) > 100 else "")
+        excerpt = text[:100] + ("…" if len(text) > 100 else "")
+        return f"[deleted upstream] {excerpt}" if post.deleted_at else excerpt
 
     @admin.display(description="author", ordering="author__handle")
     def author_handle(self, post: Post) -> str:
@@ -197,3 +227,16 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # keys are shown once: create them with `manage.py tokens create`
+
+
+@admin.register(Article)
+class ArticleAdmin(admin.ModelAdmin):
+    list_display = ["title", "url", "published_at", "source"]
+    list_select_related = ["source"]
+    search_fields = ["title", "url"]
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    readonly_fields = ["url", "external_id", "source", "first_seen_at"]
+
+    def has_add_permission(self, request):
+        return False  # articles come from collection only
