@@ -171,19 +171,27 @@ def test_a_deleted_comment_is_not_stored_as_text(recorded):
 # --- normalising one thing -------------------------------------------------------------------------
 
 
-def test_normalise_native_keeps_a_thing_only_when_its_own_text_carries_the_hashtag():
+def test_normalise_native_keeps_submissions_with_the_tag_and_gives_comments_the_conversations_tags():
     post = thing("t3", make_submission(1, title="Talks resume #ukrainepeacetalks"))
     item = reddit.normalise_native(post, hashtags=("UkrainePeaceTalks",))
     assert isinstance(item, NormalisedItem) and item.kind == "post" and item.hashtags == ("ukrainepeacetalks",)
-    plain = make_comment("k1", link="s00001", body="I agree")
-    assert reddit.normalise_native(thing("t1", plain), hashtags=("UkrainePeaceTalks",)) is None
-    # Markdown turns a line starting with "#" into a heading, so people escape it: "\#tag".
-    escaped = make_comment("k2", link="s00001", body="\\#UkrainePeaceTalks and #Geneva")
-    comment = reddit.normalise_native(escaped, hashtags=("UkrainePeaceTalks",))  # a bare data object too
+    other = thing("t3", make_submission(2, title="Weather in Kyiv"))
+    assert reddit.normalise_native(other, hashtags=("UkrainePeaceTalks",)) is None
+    # A comment is part of a conversation the caller vouches for; its own #tags are added.
+    comment = reddit.normalise_native(make_comment("k2", link="s00001", body="\\#Geneva next week"),
+                                      hashtags=("UkrainePeaceTalks",))  # a bare data object too
     assert comment.kind == "comment" and comment.hashtags == ("geneva", "ukrainepeacetalks")
     assert comment.reply_to_external_id == "t3_s00001"
     assert reddit.normalise_native(thing("more", {"id": "_", "children": []}), hashtags=(TAG,)) is None
     assert isinstance(reddit.normalise_native(thing("t1", "oops"), hashtags=(TAG,)), RejectedRaw)
+
+
+def test_what_the_connector_stored_parses_again_from_raw_into_the_same_item(upstream, api):
+    a_thread(api, 1, comments=2, title="Geneva: UkrainePeaceTalks resume", selftext="#Geneva #Kyiv")
+    items = items_of(connector(upstream, options={"subreddit": "worldnews"}).fetch(cursor={}))
+    assert {item.kind for item in items} == {"post", "comment"}
+    for item in items:
+        assert reddit.normalise_native(item.raw, hashtags=item.hashtags) == item
 
 
 def test_a_word_inside_a_link_or_a_longer_word_is_not_the_tag():

@@ -288,23 +288,22 @@ def normalise_comment(thing: Any, *, thread_tags: tuple[str, ...]) -> Normalised
 
 
 def normalise_native(obj: dict, *, hashtags: tuple[str, ...]) -> NormalisedItem | RejectedRaw | None:
-    """One Reddit thing (`{"kind", "data"}` or its bare data) as an item, for importers.
+    """One Reddit thing (`{"kind", "data"}` as stored in `raw`, or its bare data) as an item, for importers
+    and for re-parsing stored posts.
 
-    Alone, a thing has no conversation around it, so a submission or a comment is kept only when its
-    own text carries one of `hashtags` as `#tag`; None otherwise and for other kinds (`more`, t2, t5).
+    A submission (t3) is kept when its title or selftext carries one of `hashtags`, as `#tag` or as the
+    bare word (the looser rule, so every submission this connector stored parses again). A comment (t1)
+    is taken as part of a conversation about `hashtags` and gets them, as the connector stores it: a
+    comment alone cannot show which submission made it relevant. None for other kinds (`more`, t2, t5).
     """
     keys = tuple(normalise_tag(tag) for tag in hashtags)
     kind, data = _unwrap(obj)
     if not isinstance(data, dict):
         return RejectedRaw(reason="not a JSON object", raw=obj)
     if kind == "t3":
-        return normalise_submission(obj, tag_keys=keys, word=False)
+        return normalise_submission(obj, tag_keys=keys, word=True)
     if kind == "t1":
-        body = data.get("body")
-        own = matched_tags(body, keys, word=False) if isinstance(body, str) else ()
-        if isinstance(body, str) and not own:
-            return None
-        return normalise_comment(obj, thread_tags=own)
+        return normalise_comment(obj, thread_tags=keys) if keys else None
     return None
 
 
