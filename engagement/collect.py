@@ -6,6 +6,7 @@ the cursor at the last page it stored, so the next run fetches from there.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -175,7 +176,7 @@ def upsert_posts(items: list[NormalisedItem], *, source_id: int | None,
     are linked to their parents in one more statement.
     """
     unique: dict[tuple[str, str], NormalisedItem] = {}
-    for item in items:  # one statement cannot touch a row twice: keep the last copy of each post
+    for item in map(_clean_item, items):  # one statement cannot touch a row twice: keep the last copy
         unique[(item.platform, item.external_id)] = item
     if not unique:
         return 0, 0
@@ -264,10 +265,35 @@ def _link_replies(keys: list[tuple[str, str]]) -> None:
         )
 
 
-def record_rejected(source: Source, run: CollectionRun | None, rejected: list[RejectedRaw]) -> None:
+def without_nul(value):
+    """`value` with NUL characters removed from every string: PostgreSQL cannot store them in text or
+    jsonb, and one such character would otherwise fail a whole page."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(without_nul(v) for v in value)
+    return value
+
+
+def _clean_item(item: NormalisedItem) -> NormalisedItem:
+    if "\\u0000" not in json.dumps(item.raw, default=str) and not any(
+        "\x00" in getattr(item, name) for name in ("text", "html", "external_id", "url", "uri")
+    ):
+        return item
+    return dataclasses.replace(
+        item, text=without_nul(item.text), html=without_nul(item.html), raw=without_nul(item.raw),
+        external_id=without_nul(item.external_id), url=without_nul(item.url), uri=without_nul(item.uri),
+    )
+
+
+def record_rejected(source: Source | None, run: CollectionRun | None, rejected: list[RejectedRaw], *,
+                    platform: str | None = None) -> None:
     RejectedItem.objects.bulk_create(
-        RejectedItem(source=source, run=run, platform=source.platform, external_id=r.external_id[:2048],
-                     reason=r.reason, raw=r.raw)
+        RejectedItem(source=source, run=run, platform=platform or source.platform,
+                     external_id=without_nul(r.external_id)[:2048], reason=without_nul(r.reason),
+                     raw=without_nul(r.raw))
         for r in rejected
     )
 

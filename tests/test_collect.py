@@ -291,3 +291,12 @@ def test_comments_are_linked_to_their_article_and_to_their_parent_in_any_order()
     assert {p.article.url for p in stored.values()} == {"https://news.example/talks"}
     # The same comments again: nothing new, nothing rewritten.
     assert collect.upsert_posts([comment(1), comment(2, parent=1), comment(3, parent=1)], source_id=None) == (0, 0)
+
+
+def test_a_nul_character_in_upstream_text_does_not_fail_the_page(upstream):
+    poisoned = make_status(2, text="before\x00after")
+    MastodonTimeline(upstream, TAG, [make_status(1), poisoned, make_status(3)])
+    result = run(add_source(upstream))
+    assert (result.outcome, result.new) == (CollectionRun.Outcome.OK, 3)
+    stored = Post.objects.get(external_id=poisoned["uri"])
+    assert stored.text.startswith("beforeafter") and "\x00" not in stored.raw["content"]
