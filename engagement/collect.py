@@ -246,7 +246,7 @@ def _replaced_versions(unique: dict[tuple[str, str], NormalisedItem]) -> list[Po
 
 # Platforms whose items carry a global parent id in reply_to_external_id (Mastodon gives only
 # instance-local parent ids, so its pages skip the link step).
-REPLY_PLATFORMS = {"bluesky", "wordpress", "feed", "disqus", "youtube", "reddit", "hackernews"}
+REPLY_PLATFORMS = set(MODULES) - {"mastodon"}
 
 
 def _link_replies(keys: list[tuple[str, str]]) -> None:
