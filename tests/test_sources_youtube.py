@@ -238,6 +238,22 @@ def test_a_page_served_again_with_the_same_token_does_not_loop(upstream, recorde
     assert len({item.external_id for item in items_of(pages)}) == len(items_of(pages)) == 5
 
 
+def test_a_page_repeated_under_ever_new_tokens_does_not_loop(upstream, recorded):
+    api = YouTubeApi(upstream)
+    page_1 = recorded("youtube/comment_threads__comment_threads_by_video_paged_1.json")
+    api.videos[RECORDED_VIDEO] = make_video(RECORDED_VIDEO, description="#ChromeDevSummit")
+    served = []
+
+    def same_items_new_token(path, query):
+        served.append(query)
+        return Reply(200, {**page_1, "nextPageToken": f"token-{len(served)}"})
+
+    upstream.routes["/youtube/v3/commentThreads"] = same_items_new_token
+    pages = list(connector(api, "ChromeDevSummit", videos=RECORDED_VIDEO).fetch(cursor={}))
+    assert len(served) == 2 and len(items_of(pages)) == 5
+    assert "scan" not in pages[-1].cursor["videos"][RECORDED_VIDEO]
+
+
 def test_recorded_replies_are_fetched_page_by_page_when_more_than_the_inline_ones(upstream, recorded):
     api = YouTubeApi(upstream)
     all_to_me = recorded("youtube/comment_threads__comment_threads_all_to_me.json")
