@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
-from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Value
+from django.db.models import CharField, DateTimeField, DurationField, ExpressionWrapper, F, TextField, Value
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
@@ -136,7 +136,8 @@ def _values(rows: list[tuple]) -> tuple[str, list]:
 def _upsert_ids(model, *, keys: tuple[str, ...], refreshed: tuple[str, ...], first_only: tuple[str, ...] = (),
                 rows: list[tuple]) -> dict[tuple, int]:
     """INSERT ... ON CONFLICT (keys) for rows of keys + refreshed + first_only + first_seen_at values;
-    returns {key values: id}. `first_only` columns keep the first value ever stored.
+    returns {key values: id}. `first_only` columns keep the first value ever stored; a refreshed column
+    keeps its stored value when the new one is empty (a later, thinner copy does not erase a title).
 
     A row whose refreshed columns are unchanged is not rewritten; its id is read in a second statement.
     """
@@ -144,13 +145,19 @@ def _upsert_ids(model, *, keys: tuple[str, ...], refreshed: tuple[str, ...], fir
         return {}
     table = model._meta.db_table
     columns = keys + refreshed + first_only + ("first_seen_at",)
+    text_columns = {f.column for f in model._meta.fields if isinstance(f, (CharField, TextField))}
+    newer = {
+        col: f"COALESCE(NULLIF(EXCLUDED.{col}, ''), t.{col})" if col in text_columns
+        else f"COALESCE(EXCLUDED.{col}, t.{col})"
+        for col in refreshed
+    }
     values, params = _values(rows)
     sql = (
         f"INSERT INTO {table} AS t ({', '.join(columns)}) VALUES {values} "
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
-        + ", ".join(f"{col} = EXCLUDED.{col}" for col in refreshed)
+        + ", ".join(f"{col} = {newer[col]}" for col in refreshed)
         + f" WHERE ({', '.join('t.' + c for c in refreshed)}) IS DISTINCT FROM "
-        + f"({', '.join('EXCLUDED.' + c for c in refreshed)}) RETURNING id, {', '.join(keys)}"
+        + f"({', '.join(newer[c] for c in refreshed)}) RETURNING id, {', '.join(keys)}"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

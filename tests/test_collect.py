@@ -300,3 +300,22 @@ def test_a_nul_character_in_upstream_text_does_not_fail_the_page(upstream):
     assert (result.outcome, result.new) == (CollectionRun.Outcome.OK, 3)
     stored = Post.objects.get(external_id=poisoned["uri"])
     assert stored.text.startswith("beforeafter") and "\x00" not in stored.raw["content"]
+
+
+def test_a_thinner_later_copy_does_not_erase_an_article_title_or_an_author_name():
+    from datetime import datetime, timezone as tz
+
+    from engagement.models import Article, Author
+    from engagement.sources.base import NormalisedArticle, NormalisedAuthor, NormalisedItem
+
+    def comment(n: int, title: str, name: str) -> NormalisedItem:
+        return NormalisedItem(platform="disqus", external_id=f"c{n}", created_at=datetime(2026, 11, 20, tzinfo=tz.utc),
+                              raw={"id": n}, article=NormalisedArticle(url="https://news.example/a", title=title),
+                              author=NormalisedAuthor(external_id="reader", display_name=name))
+
+    collect.upsert_posts([comment(1, "Talks resume", "A Reader")], source_id=None)
+    collect.upsert_posts([comment(2, "", "")], source_id=None)
+    assert Article.objects.get().title == "Talks resume"
+    assert Author.objects.get().display_name == "A Reader"
+    collect.upsert_posts([comment(3, "Talks resume in Geneva", "")], source_id=None)
+    assert Article.objects.get().title == "Talks resume in Geneva"
