@@ -47,6 +47,7 @@ from .base import (
     TokenStore,
     check_status,
     html_to_text,
+    json_body,
     normalise_tag,
     sanitise_html,
 )
@@ -583,12 +584,7 @@ class RedditConnector:
         check_status(response, now=self.now(), reset=self._reset_at)
         if response.status_code == 404:
             return None, response
-        try:
-            return response.json(), response
-        except ValueError:
-            raise MalformedResponse(
-                f"expected JSON from {response.url}, got {response.headers.get('Content-Type', 'no content type')}",
-                raw=response.text[:10_000]) from None
+        return json_body(response), response
 
     def _access_token(self) -> str:
         if self.token:
@@ -604,11 +600,7 @@ class RedditConnector:
                 f"Reddit refused the app's credentials ({response.status_code} from {self.token_url}): "
                 "check REDDIT_CLIENT_ID and REDDIT_CLIENT_SECRET")
         check_status(response, now=self.now(), reset=self._reset_at)
-        try:
-            body = response.json()
-        except ValueError:
-            raise MalformedResponse(f"expected JSON from the token endpoint {self.token_url}",
-                                    raw=response.text[:10_000]) from None
+        body = json_body(response)
         if isinstance(body, dict) and body.get("error"):
             raise NeedsCredentials(f"Reddit refused the token request ({body.get('error')!r}): check "
                                    "REDDIT_CLIENT_ID and REDDIT_CLIENT_SECRET")
