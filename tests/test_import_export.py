@@ -372,3 +372,16 @@ def test_export_to_stdout_streams_the_data_and_puts_the_summary_on_stderr():
     stderr = io.StringIO()
     run("export", "--progress", stderr=stderr)
     assert "export: 100%" in stderr.getvalue() and "3/3" in stderr.getvalue()
+
+
+def test_import_reads_standard_input_when_the_file_is_a_dash(monkeypatch):
+    data = (FIXTURES / "import_normalised.ndjson").read_bytes()
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert "imported 3 of 3 lines from stdin: 3 new" in run("import", "-")
+
+
+def test_commands_name_a_file_they_cannot_open(tmp_path):
+    with pytest.raises(CommandError, match="cannot read .*missing.ndjson"):
+        run("import", str(tmp_path / "missing.ndjson"))
+    with pytest.raises(CommandError, match="cannot write .*posts.csv.partial"):
+        run("export", "--format", "csv", "--output", str(tmp_path / "no-such-folder" / "posts.csv"))
