@@ -115,8 +115,9 @@ def test_a_comment_without_its_article_is_identified_from_its_own_rest_link():
     comment = fixture("wordpress_comment.json")
     item = normalise_native(comment, hashtags=(TAG,))
     assert item.external_id == "https://news.example/?p=123#comment-45"
-    # Without the article as received, nothing is said about it (a stored title is not blanked).
-    assert item.article is None
+    # Without the article as received, its address comes from the comment's link; its title stays unknown.
+    assert item.article.url == "https://news.example/2026/11/20/peace-talks-resume-in-geneva/"
+    assert (item.article.title, item.article.external_id) == ("", "123")
 
 
 @pytest.mark.parametrize("bad", ["yesterday", None, "", "2026-13-40T00:00:00"])

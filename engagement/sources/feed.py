@@ -26,6 +26,7 @@ any RSS 2.0 or Atom feed whose entries are comments).
 from __future__ import annotations
 
 import email.utils
+import html
 import re
 import time
 from dataclasses import dataclass, replace
@@ -209,11 +210,15 @@ def entry_time(entry: dict, name: str) -> datetime | None:
 
 
 def _entry_html(entry: dict) -> str:
-    for content in entry.get("content") or []:
-        if isinstance(content, dict) and isinstance(content.get("value"), str) and content["value"].strip():
-            return content["value"]
-    summary = entry.get("summary")
-    return summary if isinstance(summary, str) else ""
+    """The entry's content (else its summary) as HTML; plain text (Atom type="text") is escaped."""
+    details = [c for c in entry.get("content") or [] if isinstance(c, dict)]
+    details.append(entry.get("summary_detail") if isinstance(entry.get("summary_detail"), dict)
+                   else {"value": entry.get("summary"), "type": "text/html"})
+    for detail in details:
+        value = detail.get("value")
+        if isinstance(value, str) and value.strip():
+            return html.escape(value, quote=False) if detail.get("type") == "text/plain" else value
+    return ""
 
 
 def _without_fragment(url: str) -> tuple[str, str]:
@@ -235,23 +240,24 @@ def _same_page(a: str, b: str) -> bool:
         ((pb.hostname or "").lower(), pb.path.rstrip("/"), pb.query)
 
 
-def reply_parent(html: str, external_id: str) -> tuple[str, str]:
-    """(parent external_id, html without the "In reply to" paragraph) for a WordPress comment-feed reply;
-    ("", html) otherwise. Only for ids of the `<post guid>#comment-N` form, so the parent's id is certain."""
+def reply_parent(content: str, external_id: str) -> tuple[str, str]:
+    """(parent external_id, content without the "In reply to" paragraph) for a WordPress comment-feed
+    reply; ("", content) otherwise. Only for ids of the `<post guid>#comment-N` form, so the parent's id
+    is certain."""
     own = _COMMENT_GUID.match(external_id)
-    if not own or "<a" not in html:
-        return "", html
-    soup = BeautifulSoup(html, "html.parser")
+    if not own or "<a" not in content:
+        return "", content
+    soup = BeautifulSoup(content, "html.parser")
     first = next((node for node in soup.contents
                   if not (isinstance(node, NavigableString) and not node.strip())), None)
     if not isinstance(first, Tag) or first.name != "p":
-        return "", html
+        return "", content
     links = first.find_all("a")
     if len(links) != 1 or len(first.get_text()) > MAX_REPLY_PREFIX_CHARS:
-        return "", html
+        return "", content
     fragment = _COMMENT_FRAGMENT.match(urlsplit(str(links[0].get("href") or "")).fragment)
     if not fragment:
-        return "", html
+        return "", content
     first.decompose()
     return f"{own.group('post')}#comment-{fragment.group('id')}", str(soup).strip()
 
@@ -312,7 +318,7 @@ def normalise_entry(entry: Any, *, hashtags: tuple[str, ...], platform: str = PL
         return RejectedRaw(reason=f"content of {len(content)} characters is over the {MAX_ITEM_HTML_CHARS} cap",
                            raw=entry, external_id=external_id)
     reply_to, content = reply_parent(content, external_id)
-    html = sanitise_html(content)
+    safe_html = sanitise_html(content)
     site_parts = urlsplit(link or external_id)
     site = f"{site_parts.scheme}://{site_parts.netloc}" if site_parts.scheme in ("http", "https") else "feed:"
     author = _author(entry, site=site)
@@ -327,8 +333,8 @@ def normalise_entry(entry: Any, *, hashtags: tuple[str, ...], platform: str = PL
         created_at=created_at,
         edited_at=updated if published and updated and updated > published else None,
         language=str(meta.get("language") or "")[:16],
-        html=html,
-        text=html_to_text(html),
+        html=safe_html,
+        text=html_to_text(safe_html),
         hashtags=tuple(sorted({normalise_tag(tag) for tag in hashtags if normalise_tag(tag)})),
         reply_to_external_id=reply_to,
         article=_article(entry, link=link, external_id=external_id, author_name=author.handle if author else ""),

@@ -138,6 +138,14 @@ def article_of(post: dict) -> NormalisedArticle | None:
                              published_at=published_at, external_id=str(post_id))
 
 
+def _article_of_link(link: str, post_id: int) -> NormalisedArticle | None:
+    """Without the post (a comment imported alone): the comment link without `#comment-N` is the article's
+    address. Title and date stay unknown (storing does not blank ones already stored)."""
+    if not link.startswith(("http://", "https://")):
+        return None
+    return NormalisedArticle(url=feed.article_url_of(link)[:2048], external_id=str(post_id))
+
+
 def guest_author_id(home: str, name: str) -> str:
     """Guests have no account: the site and the name they gave are the best identity there is."""
     return f"{home}/#commenter={quote(name)}"
@@ -199,7 +207,7 @@ def _normalise_rest_comment(comment: dict, *, hashtags: tuple[str, ...]) -> Norm
         text=html_to_text(html),
         hashtags=_tags(hashtags),
         reply_to_external_id=f"{post_guid}#comment-{parent}" if parent > 0 else "",
-        article=article_of(post) if post else None,
+        article=(article_of(post) if post else None) or _article_of_link(link, post_id),
         raw=comment,
     )
 
