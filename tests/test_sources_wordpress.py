@@ -255,6 +255,21 @@ def test_the_tag_option_names_the_sites_own_slug(upstream):
     assert len(items) == 7 and all(item.hashtags == ("ukrainepeacetalks",) for item in items)
 
 
+def test_a_non_latin_hashtag_finds_the_sites_percent_encoded_tag_slug(upstream):
+    site, tagged = news_site(upstream)
+    site.add_tag(11, "%d0%bc%d0%b8%d1%80")  # how WordPress stores the slug of the tag "Мир"
+    tagged[0]["tags"].append(11)
+    items = items_of(connector(upstream, "Мир").fetch(cursor={}))
+    assert sorted(item.raw["id"] for item in items) == [1, 2, 3, 500]
+    assert {item.hashtags for item in items} == {("мир",)}
+
+
+def test_a_cursor_it_cannot_read_starts_the_source_again(upstream):
+    news_site(upstream)
+    pages = list(connector(upstream).fetch(cursor={"rest": {"articles": "x", "after": 5, "backfill": []}}))
+    assert len(items_of(pages)) == 7 and pages[-1].cursor["rest"]["articles"] == [102, 101]
+
+
 def test_the_article_option_follows_one_article_found_by_its_slug(upstream):
     site, tagged = news_site(upstream)
     items = items_of(connector(upstream, article=site.posts[2]["link"]).fetch(cursor={}))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from html import escape
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import quote, urlsplit
 
 from tests.upstream import FakeUpstream, Reply
 
@@ -207,7 +207,8 @@ class WordPressSite:
         return Reply(200, chosen, {"X-WP-Total": str(len(items)), "X-WP-TotalPages": str(total_pages)})
 
     def handle_tags(self, query: dict, per_page: int) -> Reply:
-        slugs = set(query["slug"].split(",")) if "slug" in query else None
+        # WordPress sanitises slugs: lowercase, non-ASCII percent-encoded (sanitize_title).
+        slugs = {quote(s.lower(), safe="").lower() for s in query["slug"].split(",")} if "slug" in query else None
         found = [t for t in self.tags if slugs is None or t["slug"] in slugs]
         return self._paged(found, query, per_page, error_past_end="rest_term_invalid_page_number")
 

@@ -429,11 +429,13 @@ class WordPressConnector:
         articles = self._single_article() if self.article_url else self._tagged_articles(detail)
         detail["articles_followed"] = len(articles)
         rejected = list(self._rejected_posts)
-        rest = state.setdefault("rest", {})
-        followed = [i for i in rest.get("articles", []) if i in articles]
+        if not isinstance(state.get("rest"), dict):
+            state["rest"] = {}  # a cursor this version cannot read: start again (storing is idempotent)
+        rest = state["rest"]
+        followed = [i for i in rest.get("articles") or [] if isinstance(i, int) and i in articles]
         backfill = rest.get("backfill") if isinstance(rest.get("backfill"), dict) else None
         if backfill:
-            backfill["articles"] = [i for i in backfill.get("articles", []) if i in articles]
+            backfill["articles"] = [i for i in backfill.get("articles") or [] if isinstance(i, int) and i in articles]
             backfill = backfill if backfill["articles"] else None
         known = set(followed) | set(backfill["articles"] if backfill else [])
         new = [i for i in articles if i not in known]
