@@ -469,7 +469,8 @@ def register_source(
     with transaction.atomic():
         source = Source.objects.create(
             platform=platform,
-            base_url=url.rstrip("/"),
+            # A feed URL is used as given (`/comments/feed/` without its slash costs a redirect each poll).
+            base_url=url if platform == Platform.FEED else url.rstrip("/"),
             name=name or f"{urlsplit(url).hostname} {' '.join(str(t) for t in tags)}",
             poll_interval=interval or settings.ENGAGEMENT_DEFAULT_POLL_INTERVAL,
             settings=options or {},

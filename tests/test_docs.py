@@ -50,6 +50,11 @@ def test_every_sources_filter_is_documented(name):
                                      "manage.py sources disable", "manage.py collect --once", "manage.py tokens create",
                                      "/healthz", "/api/v1/posts/", "/api/v1/sources/",
                                      "manage.py collect --backfill", "manage.py collect --recheck",
-                                     "manage.py renormalise"])
+                                     "manage.py renormalise", "manage.py import", "manage.py export"])
 def test_the_readme_gives_the_commands_and_endpoints(command):
     assert command in README
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "docs" / "sources").glob("*.md")))
+def test_every_platform_page_is_linked_from_the_readme(page):
+    assert f"docs/sources/{page}" in README

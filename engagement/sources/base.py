@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -29,6 +30,27 @@ MAX_REDIRECTS = 5
 def normalise_tag(tag: str) -> str:
     """The key a hashtag is compared by: no leading '#', Unicode casefolded (servers normalise case)."""
     return tag.strip().lstrip("#").casefold()
+
+
+# Counts are stored in PositiveIntegerField columns.
+MAX_COUNT = 2**31 - 1
+# A `#tag` in plain text: not inside a word, not `##`, not an HTML entity (`&#39;`).
+HASHTAG = re.compile(r"(?<![\w#&])#(\w+)")
+
+
+def count_value(value: Any) -> int:
+    """An engagement count from upstream data: a whole number from 0 to MAX_COUNT, else 0."""
+    if isinstance(value, bool):
+        return 0
+    try:
+        return min(max(0, int(value or 0)), MAX_COUNT)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def hashtags_in(text: str) -> set[str]:
+    """`#tag` words of a plain text, casefolded; all-digit words (#1) are not tags."""
+    return {normalise_tag(word) for word in HASHTAG.findall(text) if not word.isdigit()}
 
 
 # --- normalised items ----------------------------------------------------------------------------

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
@@ -28,6 +27,8 @@ from urllib.parse import urlsplit
 import requests
 
 from .base import (
+    count_value,
+    hashtags_in,
     MAX_ITEM_HTML_CHARS,
     HttpClient,
     MalformedResponse,
@@ -61,19 +62,6 @@ RATE_LIMIT_FALLBACK = timedelta(minutes=15)
 CREDENTIAL_CODES = {4, 5, 9, 11, 12, 17, 18}
 RATE_LIMIT_CODES = {13, 14}
 TEMPORARY_CODES = {15, 16}
-
-HASHTAG = re.compile(r"(?<![\w#&])#(\w+)")
-
-
-def hashtags_in(text: str) -> set[str]:
-    return {normalise_tag(word) for word in HASHTAG.findall(text) if not word.isdigit()}
-
-
-def _count(value: Any) -> int:
-    try:
-        return max(0, int(value or 0))
-    except (TypeError, ValueError):
-        return 0
 
 
 def _author(author: Any) -> NormalisedAuthor | None:
@@ -154,7 +142,7 @@ def normalise_post(post: Any, *, tag_keys: Iterable[str] = (), article_url: str 
         hashtags=tuple(sorted(hashtags_in(text) | {normalise_tag(tag) for tag in tag_keys if normalise_tag(tag)})),
         reply_to_external_id=str(parent) if parent not in (None, "", 0, False) else "",
         article=article,
-        like_count=_count(post.get("likes")),
+        like_count=count_value(post.get("likes")),
         raw=post,
     )
 
@@ -230,7 +218,7 @@ class DisqusConnector:
             since = self.now() - self.backfill
         token = cursor.get("next") if isinstance(cursor.get("next"), str) and cursor.get("next") else None
         newest = _parse(cursor.get("newest")) or since
-        skipped = _count(cursor.get("skipped_deleted"))
+        skipped = count_value(cursor.get("skipped_deleted"))
         seen: set[str] = set()
         for _ in range(MAX_PAGES_PER_RUN):
             params = {**self.params, "api_key": self.api_key, "limit": PAGE_LIMIT, "order": "asc", "related": "thread"}

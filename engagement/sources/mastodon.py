@@ -20,6 +20,7 @@ from urllib.parse import quote
 import requests
 
 from .base import (
+    count_value,
     MAX_ITEM_HTML_CHARS,
     HttpClient,
     MalformedResponse,
@@ -57,13 +58,6 @@ INSTANCE_KEY = "@instance"
 def _status_id(value: Any) -> int:
     # Snowflake ids are strings of digits; compare them as numbers.
     return int(value)
-
-
-def _count(value: Any) -> int:
-    try:
-        return max(0, int(value or 0))
-    except (TypeError, ValueError):
-        return 0
 
 
 def _author(account: Any) -> NormalisedAuthor | None:
@@ -133,9 +127,9 @@ def normalise_status(status: Any, *, tag_key: str | None) -> NormalisedItem | Re
         html=html,
         text=html_to_text(html),
         hashtags=tuple(keys),
-        reply_count=_count(original.get("replies_count")),
-        repost_count=_count(original.get("reblogs_count")),
-        like_count=_count(original.get("favourites_count")),
+        reply_count=count_value(original.get("replies_count")),
+        repost_count=count_value(original.get("reblogs_count")),
+        like_count=count_value(original.get("favourites_count")),
         raw=original,
     )
 

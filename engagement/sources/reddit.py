@@ -32,6 +32,7 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from .base import (
+    count_value,
     MAX_ITEM_HTML_CHARS,
     HttpClient,
     MalformedResponse,
@@ -158,15 +159,6 @@ def _author(data: dict) -> NormalisedAuthor | None:
     return NormalisedAuthor(external_id=profile, handle=f"u/{name}", display_name=name, url=profile)
 
 
-def _count(value: Any) -> int:
-    if isinstance(value, bool):
-        return 0
-    try:
-        return max(0, int(value or 0))
-    except (TypeError, ValueError):
-        return 0
-
-
 def _web_url(data: dict, fallback_path: str) -> str:
     permalink = data.get("permalink")
     if isinstance(permalink, str) and permalink.startswith("/"):
@@ -231,9 +223,9 @@ def normalise_submission(thing: Any, *, tag_keys: tuple[str, ...], word: bool) -
         html=html,
         text=html_to_text(html),
         hashtags=tuple(sorted(set(matched) | hashtags_in(f"{title}\n{selftext}"))),
-        reply_count=_count(data.get("num_comments")),
-        repost_count=_count(data.get("num_crossposts")),
-        like_count=_count(data.get("score")),
+        reply_count=count_value(data.get("num_comments")),
+        repost_count=count_value(data.get("num_crossposts")),
+        like_count=count_value(data.get("score")),
         raw=_strip_replies("t3", data),
     )
 
@@ -283,7 +275,7 @@ def normalise_comment(thing: Any, *, thread_tags: tuple[str, ...]) -> Normalised
         text=html_to_text(html),
         hashtags=tuple(sorted(set(thread_tags) | hashtags_in(body))),
         reply_to_external_id=parent,
-        like_count=_count(data.get("score")),
+        like_count=count_value(data.get("score")),
         raw=raw,
     )
 

@@ -36,6 +36,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import requests
 
 from .base import (
+    count_value,
+    hashtags_in,
     MAX_ITEM_HTML_CHARS,
     HttpClient,
     MalformedResponse,
@@ -95,7 +97,6 @@ SKIPPABLE_REASONS = {"commentsDisabled", "forbidden", "videoNotFound", "commentN
 BURST_PAUSE = timedelta(minutes=1)
 
 VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
-HASHTAG = re.compile(r"(?<![\w#&])#(\w+)")
 
 try:
     PACIFIC: ZoneInfo | None = ZoneInfo("America/Los_Angeles")
@@ -186,18 +187,6 @@ class QuotaLedger:
 # --- parsing ---------------------------------------------------------------------------------------
 
 
-def hashtags_in(text: str) -> set[str]:
-    """`#tag` words of a plain text, casefolded; all-digit words (#1) are not tags."""
-    return {normalise_tag(word) for word in HASHTAG.findall(text) if not word.isdigit()}
-
-
-def _count(value: Any) -> int:
-    try:
-        return max(0, int(value or 0))
-    except (TypeError, ValueError):
-        return 0
-
-
 def _author(snippet: dict) -> NormalisedAuthor | None:
     channel = snippet.get("authorChannelId")
     channel_id = channel.get("value") if isinstance(channel, dict) else channel
@@ -274,7 +263,7 @@ def normalise_comment(comment: Any, *, video_id: str = "", tag_keys: Iterable[st
         hashtags=tuple(sorted(tags)),
         reply_to_external_id=parent,
         reply_count=reply_count,
-        like_count=_count(snippet.get("likeCount")),
+        like_count=count_value(snippet.get("likeCount")),
         raw=raw,
     )
 
@@ -295,7 +284,7 @@ def normalise_thread(thread: Any, *, tag_keys: Iterable[str] = (), about: Iterab
                            external_id=str(thread.get("id") or ""))
     snippet = thread["snippet"]
     return normalise_comment(top, video_id=str(snippet.get("videoId") or ""), tag_keys=tag_keys, about=about,
-                             raw=thread, reply_count=_count(snippet.get("totalReplyCount")))
+                             raw=thread, reply_count=count_value(snippet.get("totalReplyCount")))
 
 
 def normalise_native(obj: dict, *, hashtags: tuple[str, ...]) -> NormalisedItem | RejectedRaw | None:
@@ -692,7 +681,7 @@ class YouTubeConnector:
         inline = list(inline) if isinstance(inline, list) else []
         snippet = thread.get("snippet") if isinstance(thread.get("snippet"), dict) else {}
         thread_id = thread.get("id")
-        if _count(snippet.get("totalReplyCount")) <= len(inline) or not isinstance(thread_id, str):
+        if count_value(snippet.get("totalReplyCount")) <= len(inline) or not isinstance(thread_id, str):
             return inline
         fetched = self._fetch_replies(thread_id)
         known = {reply.get("id") for reply in fetched if isinstance(reply, dict)}
