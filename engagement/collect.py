@@ -387,7 +387,6 @@ def _finish(source: Source, run: CollectionRun, started: datetime, rate_limited_
     """Record the run and the source's health; return True when the circuit opened (source paused)."""
     now = timezone.now()
     run.finished_at = now
-    run.save()
     changes: dict = {"last_poll_at": started, "next_poll_at": now + timedelta(seconds=source.poll_interval)}
     paused = False
     if run.outcome == CollectionRun.Outcome.FAILED:
@@ -400,7 +399,6 @@ def _finish(source: Source, run: CollectionRun, started: datetime, rate_limited_
             changes["paused_until"] = now + timedelta(seconds=settings.ENGAGEMENT_CIRCUIT_COOLDOWN)
             changes["next_poll_at"] = changes["paused_until"]
             run.message += f" (paused after {failures} failures in a row, until {changes['paused_until']:%H:%M} UTC)"
-            CollectionRun.objects.filter(pk=run.pk).update(message=run.message)
     else:
         changes.update(consecutive_failures=0, paused_until=None)
         if run.outcome != CollectionRun.Outcome.RATE_LIMITED or run.pages:
@@ -410,7 +408,9 @@ def _finish(source: Source, run: CollectionRun, started: datetime, rate_limited_
     if rate_limited_until:
         changes["rate_limited_until"] = rate_limited_until
         changes["next_poll_at"] = max(changes["next_poll_at"], rate_limited_until)
-    Source.objects.filter(pk=source.pk).update(**changes)
+    with transaction.atomic():  # the run and the source's health become visible together
+        run.save()
+        Source.objects.filter(pk=source.pk).update(**changes)
     log = logger.warning if run.outcome == CollectionRun.Outcome.FAILED else logger.info
     log("source %s (%s): %s fetched=%s new=%s updated=%s errors=%s %s", source.pk, source.name, run.outcome,
         run.fetched, run.new, run.updated, run.errors, run.message)
