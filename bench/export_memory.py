@@ -21,7 +21,6 @@ Figures depend on the machine and on what else runs on it; this script prints th
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random

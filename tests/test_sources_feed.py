@@ -23,7 +23,6 @@ from engagement.sources.base import (
     HttpSettings,
     MalformedResponse,
     NeedsCredentials,
-    NormalisedItem,
     PermanentError,
     RateLimited,
     TemporaryError,
