@@ -5,66 +5,33 @@ bearer tokens that can expire, `GET /search` and `/r/<sub>/search` (sort=new, `a
 word search like Reddit's), `GET /comments/<id>` ([submission Listing, comment Listing] with nested
 `replies` and `more` stubs), `GET /api/morechildren`, and the `x-ratelimit-*` headers.
 
-FakeUpstream answers GETs only and does not show handlers the request headers; `RedditApi` adds both to
-the `upstream` it is given, without changing tests/upstream.py.
+Route handlers read the request's headers with `current_headers()` (FakeUpstream records them).
 """
 
 from __future__ import annotations
 
 import base64
 import copy
-import threading
-import time
 from datetime import datetime, timedelta, timezone
 from typing import Callable
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
-from tests.upstream import FakeUpstream, Reply, Seen
+from tests.upstream import FakeUpstream, Reply, current_request_headers
 
 START = datetime(2026, 11, 20, tzinfo=timezone.utc)
-_current = threading.local()
 
 
-def current_headers() -> dict[str, str]:
-    """The headers (lower-case names) of the request being answered (each request has its own thread)."""
-    return getattr(_current, "headers", {})
+def current_headers() -> dict:
+    return current_request_headers()
 
 
 def current_authorization() -> str:
     return current_headers().get("authorization", "")
 
 
-def _send(handler, reply: Reply) -> None:
-    body = reply.encoded()
-    handler.send_response(reply.status)
-    for name, value in {"Content-Type": "application/json; charset=utf-8", **reply.headers}.items():
-        for one in value if isinstance(value, list) else [value]:
-            handler.send_header(name, one)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
-
-
 def serve_posts_and_headers(upstream: FakeUpstream, post_routes: dict[str, Callable[[str, dict], Reply]]) -> None:
-    """Let `upstream` answer POSTs from `post_routes` (form body as the query) and let handlers read the
-    request's Authorization with current_authorization()."""
-    base = upstream.server.RequestHandlerClass
-
-    class Handler(base):
-        def do_GET(self):
-            _current.headers = {name.lower(): value for name, value in self.headers.items()}
-            super().do_GET()
-
-        def do_POST(self):
-            _current.headers = {name.lower(): value for name, value in self.headers.items()}
-            length = int(self.headers.get("Content-Length") or 0)
-            form = dict(parse_qsl(self.rfile.read(length).decode(), keep_blank_values=True))
-            path = urlsplit(self.path).path
-            upstream.requests.append(Seen(time.time(), path, form))
-            handler = post_routes.get(path)
-            _send(self, handler(path, form) if handler else Reply(404, {"message": "Not Found", "error": 404}))
-
-    upstream.server.RequestHandlerClass = Handler
+    """Let `upstream` answer POSTs from `post_routes` (form body as the query)."""
+    upstream.post_routes.update(post_routes)
 
 
 # --- things --------------------------------------------------------------------------------------

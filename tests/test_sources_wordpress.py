@@ -389,7 +389,7 @@ def test_the_fallback_asks_for_each_comment_feed_only_if_it_changed(upstream):
     site, tagged = news_site(upstream)
     site.rest_refused = 401
     cursor = list(connector(upstream).fetch(cursor={}))[-1].cursor
-    site.headers.seen.clear()
+    site.headers.clear()
     pages = list(connector(upstream).fetch(cursor=cursor))
     assert items_of(pages) == []
     feed_requests = [seen for seen in site.headers.seen if seen["path"].endswith("/feed/")]

@@ -27,18 +27,29 @@ class Reply:
 class Seen:
     at: float
     path: str
-    query: dict
+    query: dict  # the query string, or for a POST its form body
+    headers: dict = field(default_factory=dict)  # request headers, names lowercased
+    method: str = "GET"
 
 
 Handler = Callable[[str, dict], Reply]
 
+_request = threading.local()
+
+
+def current_request_headers() -> dict:
+    """Inside a route handler: the headers (lowercased names) of the request being answered."""
+    return getattr(_request, "headers", {})
+
 
 class FakeUpstream:
-    """A threaded HTTP server; `routes` maps a path to a handler(path, query) -> Reply."""
+    """A threaded HTTP server; `routes` maps a path to a handler(path, query) -> Reply, `post_routes`
+    a path to a handler(path, form body) -> Reply. Every request is recorded with its headers."""
 
     def __init__(self):
         self.routes: dict[str, Handler] = {}
         self.prefix_routes: list[tuple[str, Handler]] = []
+        self.post_routes: dict[str, Handler] = {}
         self.requests: list[Seen] = []
         upstream = self
 
@@ -48,11 +59,22 @@ class FakeUpstream:
             def do_GET(self):
                 parts = urlsplit(self.path)
                 query = dict(parse_qsl(parts.query, keep_blank_values=True))
-                upstream.requests.append(Seen(time.time(), parts.path, query))
                 handler = upstream.routes.get(parts.path) or next(
                     (h for prefix, h in upstream.prefix_routes if parts.path.startswith(prefix)), None
                 )
-                reply = handler(parts.path, query) if handler else Reply(404, {"error": "Record not found"})
+                self._answer("GET", parts.path, query, handler)
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                form = dict(parse_qsl(self.rfile.read(length).decode(errors="replace"), keep_blank_values=True))
+                path = urlsplit(self.path).path
+                self._answer("POST", path, form, upstream.post_routes.get(path))
+
+            def _answer(self, method: str, path: str, query: dict, handler: Handler | None):
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                _request.headers = headers
+                upstream.requests.append(Seen(time.time(), path, query, headers, method))
+                reply = handler(path, query) if handler else Reply(404, {"error": "Record not found"})
                 body = reply.encoded()
                 self.send_response(reply.status)
                 headers = {"Content-Type": "application/json; charset=utf-8", **reply.headers}

@@ -20,14 +20,13 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from html import escape
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from tests.upstream import FakeUpstream, Reply
+from tests.upstream import FakeUpstream, Reply, current_request_headers
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PLACEHOLDER = "https://news.example"
@@ -85,28 +84,25 @@ def make_comment(comment_id: int, *, post: dict, site: str, written: datetime, p
 
 @dataclass
 class HeaderLog:
-    """Request headers seen by a FakeUpstream (whose route handlers only get path and query)."""
+    """The request headers a FakeUpstream saw from the moment the log was made (names lowercased)."""
 
-    seen: list[dict] = field(default_factory=list)
-    local: threading.local = field(default_factory=threading.local)
+    upstream: FakeUpstream
+    start: int = 0
+
+    @property
+    def seen(self) -> list[dict]:
+        return [{"path": r.path, **r.headers} for r in self.upstream.requests[self.start:]]
 
     def current(self) -> dict:
-        return getattr(self.local, "headers", {})
+        return current_request_headers()
+
+    def clear(self) -> None:
+        """Forget what was seen so far."""
+        self.start = len(self.upstream.requests)
 
 
 def capture_request_headers(upstream: FakeUpstream) -> HeaderLog:
-    log = HeaderLog()
-    base = upstream.server.RequestHandlerClass
-
-    class Capturing(base):
-        def do_GET(self):
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            log.seen.append({"path": self.path, **headers})
-            log.local.headers = headers
-            super().do_GET()
-
-    upstream.server.RequestHandlerClass = Capturing
-    return log
+    return HeaderLog(upstream, start=len(upstream.requests))
 
 
 def _ent2ncr(html: str) -> str:
