@@ -4,16 +4,18 @@ the HTTP side: ../shared/fixtures/bluesky/ holds post objects only).
 Implements what the connector relies on:
 - `GET /xrpc/app.bsky.feed.searchPosts`: `q` (a word or `#tag`, matched in the text and tags like the
   real search, so posts that only mention the word come back too), `sort=latest` (newest sortAt first),
-  `since` (inclusive, on sortAt), `limit` (1..100, default 25), `cursor` (opaque; an offset here);
-  answers `{"posts": [...], "cursor"?: ...}`.
+  `since` (inclusive) and `until` (not inclusive), both on sortAt, `limit` (1..100, default 25),
+  `cursor` (opaque; an offset here); answers `{"posts": [...], "cursor"?: ...}`.
+- `GET /xrpc/app.bsky.feed.getPosts?uris=...&uris=...` (at most 25): `{"posts": [...]}` with the posts
+  it has, in the order asked; a URI it does not have (deleted, taken down) is simply left out.
 - `POST /xrpc/com.atproto.server.createSession` with `{"identifier", "password"}` and
   `POST /xrpc/com.atproto.server.refreshSession` with `Authorization: Bearer <refreshJwt>`: JWTs with an
   `exp` claim; refresh JWTs are single-use (rotated), as on the Bluesky PDS.
 - Expired access JWTs are answered `400 {"error": "ExpiredToken"}`, unknown ones `401 InvalidToken`.
 - `RateLimit-Limit` / `RateLimit-Remaining` / `RateLimit-Reset` (epoch seconds) when a budget is set.
 
-FakeUpstream (tests/upstream.py) only answers GET; `FakeBluesky` swaps in a request handler that also
-answers POST and records every request's headers.
+Everything is served through FakeUpstream's `routes` and `post_routes`; the handlers read the request's
+headers, raw body and query string with `current_request()`, and the tests read FakeUpstream's records.
 """
 
 from __future__ import annotations
@@ -21,15 +23,15 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import threading
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qs
 
-from tests.upstream import FakeUpstream, Reply, Seen
+from tests.upstream import FakeUpstream, Reply, Seen, current_request, current_request_headers
 
 SEARCH_PATH = "/xrpc/app.bsky.feed.searchPosts"
+GET_POSTS_PATH = "/xrpc/app.bsky.feed.getPosts"
+GET_POSTS_MAX = 25  # the lexicon's maxLength of `uris`
 CREATE_SESSION_PATH = "/xrpc/com.atproto.server.createSession"
 REFRESH_SESSION_PATH = "/xrpc/com.atproto.server.refreshSession"
 HANDLE = "collector.example.social"
@@ -79,6 +81,11 @@ def make_post(n: int, *, tag: str | None = "UkrainePeaceTalks", text: str | None
     }
 
 
+def uris_of(seen: Seen) -> list[str]:
+    """The `uris` a getPosts request asked for (an XRPC array is a repeated query parameter)."""
+    return parse_qs(seen.query_string).get("uris", [])
+
+
 def _jwt(claims: dict) -> str:
     def part(value: dict) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
@@ -98,17 +105,9 @@ def _sort_at(post: dict) -> datetime:
     return min(times) if times else datetime.min.replace(tzinfo=timezone.utc)
 
 
-@dataclass(frozen=True)
-class SeenWithHeaders:
-    method: str
-    path: str
-    query: dict
-    headers: dict
-    body: bytes
-
-
 class FakeBluesky:
-    """Serves the session and search endpoints of one XRPC host on `upstream`."""
+    """The XRPC host on `upstream`: its routes answer searchPosts, getPosts and the two session calls.
+    Requests (with their headers, lowercased, and raw bodies) are FakeUpstream's records."""
 
     def __init__(self, upstream: FakeUpstream, posts: list[dict] | None = None, *, anonymous: bool = True,
                  clock: Callable[[], datetime] | None = None, access_lifetime: timedelta = timedelta(hours=2),
@@ -116,7 +115,7 @@ class FakeBluesky:
                  rate_limit_reset: datetime | None = None):
         self.upstream = upstream
         self.posts = list(posts or [])
-        self.anonymous = anonymous  # whether search answers without a session
+        self.anonymous = anonymous  # whether search and getPosts answer without a session
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.access_lifetime = access_lifetime
         self.refresh_lifetime = refresh_lifetime
@@ -124,67 +123,44 @@ class FakeBluesky:
         self.rate_limit_reset = rate_limit_reset
         self.search_replies: dict[int, Reply] = {}  # the n-th search request (1-based) gets this reply
         self.search_override: Reply | None = None  # every search request gets this reply
+        self.get_posts_replies: dict[int, Reply] = {}  # the n-th getPosts request (1-based) gets this reply
         self.session_override: Reply | None = None  # every createSession gets this reply
         self.expired_access: set[str] = set()  # access JWTs to refuse as expired before their exp
         self.access_tokens: dict[str, datetime] = {}
         self.refresh_tokens: dict[str, datetime] = {}
-        self.seen: list[SeenWithHeaders] = []
         self._serial = itertools.count(1)
-        self.current = threading.local()  # the request being answered on this thread
         upstream.routes[SEARCH_PATH] = self.search
-        self._install_handler()
+        upstream.routes[GET_POSTS_PATH] = self.get_posts
+        upstream.post_routes[CREATE_SESSION_PATH] = self.create_session
+        upstream.post_routes[REFRESH_SESSION_PATH] = self.refresh_session
 
     # --- what the tests look at --------------------------------------------------------------------
 
-    def requests_to(self, path: str) -> list[SeenWithHeaders]:
-        return [seen for seen in self.seen if seen.path == path]
+    @property
+    def seen(self) -> list[Seen]:
+        return list(self.upstream.requests)
+
+    def requests_to(self, path: str) -> list[Seen]:
+        return [seen for seen in self.upstream.requests if seen.path == path]
 
     @property
-    def searches(self) -> list[SeenWithHeaders]:
+    def searches(self) -> list[Seen]:
         return self.requests_to(SEARCH_PATH)
 
     @property
-    def logins(self) -> list[SeenWithHeaders]:
+    def lookups(self) -> list[Seen]:
+        """getPosts requests; `uris_of(seen)` lists the URIs each one asked for."""
+        return self.requests_to(GET_POSTS_PATH)
+
+    @property
+    def logins(self) -> list[Seen]:
         return self.requests_to(CREATE_SESSION_PATH)
 
     @property
-    def refreshes(self) -> list[SeenWithHeaders]:
+    def refreshes(self) -> list[Seen]:
         return self.requests_to(REFRESH_SESSION_PATH)
 
     # --- HTTP -----------------------------------------------------------------------------------------
-
-    def _install_handler(self) -> None:
-        fake = self
-        base = self.upstream.server.RequestHandlerClass
-
-        class Handler(base):
-            def do_GET(self):
-                parts = urlsplit(self.path)
-                fake.seen.append(SeenWithHeaders("GET", parts.path, dict(parse_qsl(parts.query, keep_blank_values=True)),
-                                                 dict(self.headers), b""))
-                fake.current.authorization = self.headers.get("Authorization", "")  # for the route handler
-                super().do_GET()
-
-            def do_POST(self):
-                parts = urlsplit(self.path)
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                fake.seen.append(SeenWithHeaders("POST", parts.path, {}, dict(self.headers), body))
-                fake.upstream.requests.append(Seen(0.0, parts.path, {}))
-                if parts.path == CREATE_SESSION_PATH:
-                    reply = fake.create_session(body)
-                elif parts.path == REFRESH_SESSION_PATH:
-                    reply = fake.refresh_session(self.headers.get("Authorization", ""))
-                else:
-                    reply = Reply(404, {"error": "MethodNotImplemented", "message": "Method Not Implemented"})
-                encoded = reply.encoded()
-                self.send_response(reply.status)
-                for name, value in {"Content-Type": "application/json; charset=utf-8", **reply.headers}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(encoded)))
-                self.end_headers()
-                self.wfile.write(encoded)
-
-        self.upstream.server.RequestHandlerClass = Handler
 
     def _rate_headers(self) -> dict:
         if self.rate_limit_remaining is None:
@@ -206,19 +182,22 @@ class FakeBluesky:
         return {"did": ACCOUNT_DID, "handle": HANDLE, "email": "x@example.org", "active": True,
                 "accessJwt": access, "refreshJwt": refresh}
 
-    def create_session(self, body: bytes) -> Reply:
+    def create_session(self, path: str, form: dict) -> Reply:
         if self.session_override is not None:
             return self.session_override
+        request = current_request()
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            return Reply(400, {"error": "InvalidRequest", "message": "Wrong request encoding (Content-Type)"})
         try:
-            login = json.loads(body)
+            login = json.loads(request.body)
         except ValueError:
             return Reply(400, {"error": "InvalidRequest", "message": "Input must be JSON"})
         if login.get("identifier") != HANDLE or login.get("password") != APP_PASSWORD:
             return Reply(401, {"error": "AuthenticationRequired", "message": "Invalid identifier or password"})
         return Reply(200, self._issue())
 
-    def refresh_session(self, authorization: str) -> Reply:
-        token = authorization.removeprefix("Bearer ")
+    def refresh_session(self, path: str, form: dict) -> Reply:
+        token = current_request_headers().get("authorization", "").removeprefix("Bearer ")
         expires = self.refresh_tokens.pop(token, None)  # single use
         if expires is None:
             return Reply(400, {"error": "InvalidToken", "message": "Token could not be verified"})
@@ -226,7 +205,8 @@ class FakeBluesky:
             return Reply(400, {"error": "ExpiredToken", "message": "Token has expired"})
         return Reply(200, self._issue())
 
-    def _auth_refusal(self, authorization: str) -> Reply | None:
+    def _auth_refusal(self) -> Reply | None:
+        authorization = current_request_headers().get("authorization", "")
         if not authorization:
             if self.anonymous:
                 return None
@@ -245,7 +225,7 @@ class FakeBluesky:
             return self.search_override
         if number in self.search_replies:
             return self.search_replies[number]
-        refusal = self._auth_refusal(getattr(self.current, "authorization", ""))
+        refusal = self._auth_refusal()
         if refusal is not None:
             return refusal
         if not query.get("q"):
@@ -253,9 +233,12 @@ class FakeBluesky:
         term = query["q"].lstrip("#").casefold()
         limit = max(1, min(int(query.get("limit", 25)), 100))
         matches = [post for post in self.posts if self._mentions(post, term)]
-        if query.get("since"):
+        if query.get("since"):  # inclusive
             since = datetime.fromisoformat(query["since"])
             matches = [post for post in matches if _sort_at(post) >= since]
+        if query.get("until"):  # not inclusive
+            until = datetime.fromisoformat(query["until"])
+            matches = [post for post in matches if _sort_at(post) < until]
         matches.sort(key=_sort_at, reverse=True)
         offset = int(query.get("cursor") or 0)
         page = matches[offset: offset + limit]
@@ -263,6 +246,25 @@ class FakeBluesky:
         if offset + limit < len(matches):
             body["cursor"] = str(offset + limit)
         return Reply(200, body, self._rate_headers())
+
+    def get_posts(self, path: str, query: dict) -> Reply:
+        number = len(self.lookups)
+        if number in self.get_posts_replies:
+            return self.get_posts_replies[number]
+        refusal = self._auth_refusal()
+        if refusal is not None:
+            return refusal
+        uris = uris_of(current_request())
+        if not uris:
+            return Reply(400, {"error": "InvalidRequest", "message": 'Error: Params must have the property "uris"'})
+        if len(uris) > GET_POSTS_MAX:
+            return Reply(400, {"error": "InvalidRequest",
+                               "message": f"Error: uris must not have more than {GET_POSTS_MAX} elements"})
+        by_uri = {(post["post"] if isinstance(post.get("post"), dict) else post)["uri"]: post for post in self.posts}
+        # Like the AppView: the posts it can show, in the order asked; a deleted or taken-down one is left out.
+        found = [by_uri[uri] for uri in dict.fromkeys(uris) if uri in by_uri]
+        found = [post["post"] if isinstance(post.get("post"), dict) else post for post in found]
+        return Reply(200, {"posts": found}, self._rate_headers())
 
     @staticmethod
     def _mentions(post: dict, term: str) -> bool:

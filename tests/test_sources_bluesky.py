@@ -385,7 +385,7 @@ def test_without_credentials_it_searches_anonymously_and_never_logs_in(upstream)
     fake = FakeBluesky(upstream, [make_post(1)], clock=lambda: NOW)
     pages = fetch_all(upstream)
     assert len(items_of(pages)) == 1
-    assert fake.logins == [] and "Authorization" not in fake.searches[0].headers
+    assert fake.logins == [] and "authorization" not in fake.searches[0].headers
     assert pages[0].health_detail["auth"] == "anonymous"
 
 
@@ -402,7 +402,7 @@ def test_with_credentials_it_logs_in_once_and_every_worker_reuses_the_session_fr
         assert len(items_of(fetch_all(upstream, credentials=CREDENTIALS, store=store))) == 3
     assert len(fake.logins) == 1 and fake.refreshes == []
     assert json.loads(fake.logins[0].body) == {"identifier": HANDLE, "password": APP_PASSWORD}
-    tokens = {s.headers["Authorization"] for s in fake.searches}
+    tokens = {s.headers["authorization"] for s in fake.searches}
     assert len(tokens) == 1 and tokens.pop().startswith("Bearer ")
     (key, ttl), = store.sets
     assert key.startswith("bluesky:session:") and ttl == 60 * 24 * 3600  # kept as long as the refresh JWT
@@ -417,8 +417,8 @@ def test_an_expired_access_token_is_renewed_with_the_refresh_jwt_not_a_new_login
     clock["now"] = NOW + timedelta(hours=3)
     assert len(items_of(fetch_all(upstream, credentials=CREDENTIALS, store=store, now=clock["now"]))) == 1
     assert len(fake.logins) == 1 and len(fake.refreshes) == 1
-    assert fake.refreshes[0].headers["Authorization"] == f"Bearer {refresh_jwt}"
-    assert fake.searches[-1].headers["Authorization"] != fake.searches[0].headers["Authorization"]
+    assert fake.refreshes[0].headers["authorization"] == f"Bearer {refresh_jwt}"
+    assert fake.searches[-1].headers["authorization"] != fake.searches[0].headers["authorization"]
 
 
 def test_an_access_token_the_server_calls_expired_is_refreshed_once_and_the_search_retried(upstream):
@@ -573,7 +573,7 @@ def test_every_request_names_itself_with_the_user_agent(upstream):
     client = HttpClient(HttpSettings(user_agent="engagement-test/1 (+https://example.org)", allow_private=True))
     fetch_all(upstream, credentials=CREDENTIALS, client=client)
     assert [s.path for s in fake.seen] == [CREATE_SESSION_PATH, SEARCH_PATH]
-    assert {s.headers["User-Agent"] for s in fake.seen} == {"engagement-test/1 (+https://example.org)"}
+    assert {s.headers["user-agent"] for s in fake.seen} == {"engagement-test/1 (+https://example.org)"}
 
 
 # --- through collect, on the real database -------------------------------------------------------------------

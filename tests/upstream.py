@@ -30,6 +30,8 @@ class Seen:
     query: dict  # the query string, or for a POST its form body
     headers: dict = field(default_factory=dict)  # request headers, names lowercased
     method: str = "GET"
+    body: bytes = b""  # the raw request body (a JSON POST: json.loads(seen.body); its type in headers)
+    query_string: str = ""  # the raw query string, for repeated keys (`uris=a&uris=b`)
 
 
 Handler = Callable[[str, dict], Reply]
@@ -42,9 +44,15 @@ def current_request_headers() -> dict:
     return getattr(_request, "headers", {})
 
 
+def current_request() -> Seen | None:
+    """Inside a route handler: the request being answered, with its raw body and query string."""
+    return getattr(_request, "seen", None)
+
+
 class FakeUpstream:
     """A threaded HTTP server; `routes` maps a path to a handler(path, query) -> Reply, `post_routes`
-    a path to a handler(path, form body) -> Reply. Every request is recorded with its headers."""
+    a path to a handler(path, form body) -> Reply. Every request is recorded with its headers and raw
+    body; a handler reads them (e.g. a JSON body) through `current_request()`."""
 
     def __init__(self):
         self.routes: dict[str, Handler] = {}
@@ -62,18 +70,22 @@ class FakeUpstream:
                 handler = upstream.routes.get(parts.path) or next(
                     (h for prefix, h in upstream.prefix_routes if parts.path.startswith(prefix)), None
                 )
-                self._answer("GET", parts.path, query, handler)
+                self._answer("GET", parts.path, query, handler, query_string=parts.query)
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
-                form = dict(parse_qsl(self.rfile.read(length).decode(errors="replace"), keep_blank_values=True))
-                path = urlsplit(self.path).path
-                self._answer("POST", path, form, upstream.post_routes.get(path))
+                body = self.rfile.read(length)
+                form = dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
+                parts = urlsplit(self.path)
+                self._answer("POST", parts.path, form, upstream.post_routes.get(parts.path), body=body,
+                             query_string=parts.query)
 
-            def _answer(self, method: str, path: str, query: dict, handler: Handler | None):
+            def _answer(self, method: str, path: str, query: dict, handler: Handler | None, *, body: bytes = b"",
+                        query_string: str = ""):
                 headers = {name.lower(): value for name, value in self.headers.items()}
-                _request.headers = headers
-                upstream.requests.append(Seen(time.time(), path, query, headers, method))
+                seen = Seen(time.time(), path, query, headers, method, body, query_string)
+                _request.headers, _request.seen = headers, seen
+                upstream.requests.append(seen)
                 reply = handler(path, query) if handler else Reply(404, {"error": "Record not found"})
                 body = reply.encoded()
                 self.send_response(reply.status)
