@@ -15,7 +15,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from engagement import collect
-from engagement.models import CollectionRun, Post, RejectedItem, Source
+from engagement.models import CollectionRun, Post, PostRevision, RejectedItem, Source
+from engagement.sources import youtube
 from engagement.sources.base import (
     HttpClient,
     HttpSettings,
@@ -38,7 +39,7 @@ from engagement.sources.youtube import (
 )
 from tests.conftest import wait_for
 from tests.upstream import Reply
-from tests.youtube_fake import YouTubeApi, google_error, make_thread, make_video
+from tests.youtube_fake import YouTubeApi, google_error, make_thread, make_video, stamp, thread_id
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)  # 04:00 in Los Angeles (PST)
 NEXT_RESET = datetime(2026, 11, 26, 8, 0, tzinfo=timezone.utc)  # midnight PST
@@ -548,6 +549,200 @@ def test_a_5xx_fails_the_run_as_temporary_and_asks_for_a_retry(upstream, flushed
     source.refresh_from_db()
     assert report.retry and "503" in report.run.message
     assert source.last_error_kind == Source.ErrorKind.TEMPORARY
+
+
+# --- re-check: edits and deletions -----------------------------------------------------------------
+
+
+def recent_conversation(api: YouTubeApi) -> datetime:
+    """ABOUT, published 3 hours ago: threads 1 and 3 alone, thread 2 with 2 inline replies."""
+    now = datetime.now(timezone.utc)
+    api.add_video(make_video(ABOUT, description="#UkrainePeaceTalks", published=now - timedelta(hours=3)),
+                  [make_thread(ABOUT, n, published=now - timedelta(hours=2) + timedelta(minutes=n),
+                               replies=2 if n == 2 else 0) for n in (1, 2, 3)])
+    return now
+
+
+@pytest.mark.django_db
+def test_a_recheck_stores_an_edit_as_a_revision_and_a_comment_no_longer_returned_as_a_tombstone(
+        upstream, flushed_redis, youtube_key, api_client):
+    api = YouTubeApi(upstream)
+    now = recent_conversation(api)
+    source = add_source(api)
+    assert run(source).new == 5
+    top = api.threads[ABOUT][0]["snippet"]["topLevelComment"]
+    top["snippet"].update(textDisplay="Corrected: talks resume on Monday", textOriginal="Corrected: talks resume on Monday",
+                          updatedAt=stamp(now))
+    gone = api.threads[ABOUT][1]["replies"]["comments"].pop(0)
+    upstream.requests.clear()
+    report = collect.recheck_source(source.pk, owner="test")
+    assert (report.checked, report.edited, report.deleted, report.errors) == (5, 1, 1, 0)
+    (call,) = api.requests("comments")  # one call for all five ids
+    assert sorted(call.query["id"].split(",")) == sorted(Post.objects.values_list("external_id", flat=True))
+    assert call.query["part"] == "snippet" and "maxResults" not in call.query
+    assert upstream.requests == [call]
+    edited = Post.objects.get(external_id=thread_id(ABOUT, 1))
+    assert edited.text == "Corrected: talks resume on Monday" and edited.edited_at == now.replace(microsecond=0)
+    assert edited.hashtags == ["ukrainepeacetalks"]
+    assert edited.url == f"https://www.youtube.com/watch?v={ABOUT}&lc={thread_id(ABOUT, 1)}"
+    assert edited.raw["kind"] == "youtube#commentThread"  # still stored as the thread
+    assert PostRevision.objects.get().text == "Comment 1 on the talks"
+    deleted = Post.objects.get(external_id=gone["id"])
+    assert deleted.deleted_at is not None and "no longer returned" in deleted.deletion_reason
+    listed = {p["external_id"] for p in api_client.get("/api/v1/posts/").json()["results"]}
+    assert len(listed) == 4 and gone["id"] not in listed
+    assert api_client.get(f"/api/v1/posts/{deleted.pk}/").status_code == 404
+    again = collect.recheck_source(source.pk, owner="test")
+    assert (again.checked, again.edited, again.deleted) == (4, 0, 0) and PostRevision.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_recheck_that_youtube_answers_with_an_error_deletes_nothing(upstream, flushed_redis, youtube_key):
+    api = YouTubeApi(upstream)
+    recent_conversation(api)
+    source = add_source(api)
+    run(source)
+    upstream.routes["/youtube/v3/comments"] = lambda path, query: google_error(
+        404, "commentNotFound", "The comment identified by the id parameter could not be found.", domain="youtube.comment")
+    report = collect.recheck_source(source.pk, owner="test")
+    assert (report.checked, report.edited, report.deleted, report.errors) == (5, 0, 0, 5)
+    assert not Post.objects.filter(deleted_at__isnull=False).exists()
+    assert Post.objects.filter(last_checked_at__isnull=True).count() == 0
+
+
+@pytest.mark.django_db
+def test_a_spent_quota_during_a_recheck_stops_it_and_rests_the_source_until_midnight_pacific(
+        upstream, flushed_redis, youtube_key):
+    api = YouTubeApi(upstream)
+    recent_conversation(api)
+    source = add_source(api)
+    run(source)
+    upstream.requests.clear()
+    api.override = google_error(403, "quotaExceeded", domain="youtube.quota")
+    report = collect.recheck_source(source.pk, owner="test")
+    assert report.checked == 0 and "quota" in report.message
+    source.refresh_from_db()
+    assert source.rate_limited_until == quota_day(datetime.now(timezone.utc))[1]
+    assert len(upstream.requests) == 1
+    assert not Post.objects.filter(deleted_at__isnull=False).exists()
+
+
+def test_a_recheck_asks_for_fifty_ids_a_call_and_counts_each_call_against_the_quota(upstream):
+    api = YouTubeApi(upstream)
+    threads = [make_thread(ABOUT, n) for n in range(1, 61)]
+    api.add_video(make_video(ABOUT), threads)
+    store = DictStore()
+    results = list(connector(api, store=store).recheck([(t["id"], t) for t in threads]))
+    assert [len(seen.query["id"].split(",")) for seen in api.requests("comments")] == [50, 10]
+    assert len(results) == 60 and all(r.item is not None for r in results)
+    assert connector(api, store=store).quota.detail()["quota_used"] == 2
+
+
+def test_recorded_replies_without_their_video_are_asked_for_with_the_parent_that_names_it(upstream, recorded):
+    api = YouTubeApi(upstream)
+    all_to_me = recorded("youtube/comment_threads__comment_threads_all_to_me.json")
+    thread = copy.deepcopy(next(t for t in all_to_me["items"] if t["id"] == "Ugw5zYU6n9pmIgAZWvN4AaABAg"))
+    replies = (recorded("youtube/comments__comments_by_parent_paged_1.json")["items"]
+               + recorded("youtube/comments__comments_by_parent_paged_2.json")["items"])
+    api.threads["JE8xdDp5B8Q"] = [thread]
+    api.replies[thread["id"]] = replies[1:]  # the first reply was deleted since
+    results = list(connector(api).recheck([(reply["id"], reply) for reply in replies]))
+    (call,) = api.requests("comments")
+    assert call.query["id"].split(",") == [reply["id"] for reply in replies] + [thread["id"]]
+    assert [bool(r.deleted_reason) for r in results] == [True, False, False]
+    assert all(r.item.url == f"https://www.youtube.com/watch?v=JE8xdDp5B8Q&lc={r.external_id}" for r in results[1:])
+    assert all(r.item.reply_to_external_id == thread["id"] for r in results[1:])
+
+
+def test_a_returned_comment_that_cannot_be_read_is_an_error_not_a_deletion(upstream):
+    api = YouTubeApi(upstream)
+    threads = [make_thread(ABOUT, 1), make_thread(ABOUT, 2)]
+    api.add_video(make_video(ABOUT), copy.deepcopy(threads))
+    api.threads[ABOUT][0]["snippet"]["topLevelComment"]["snippet"]["publishedAt"] = "soon"
+    results = list(connector(api).recheck([(t["id"], t) for t in threads]))
+    assert ["publishedAt" in r.error for r in results] == [True, False]
+    assert results[1].item is not None and not any(r.deleted_reason for r in results)
+
+
+# --- backfill ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_backfill_walks_videos_and_their_comments_back_to_the_date_and_a_second_call_asks_nothing(
+        upstream, flushed_redis, youtube_key):
+    api = YouTubeApi(upstream)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    day = timedelta(days=1)
+    since = now - 30 * day
+    api.add_video(make_video("vidTenDays1", published=now - 10 * day),
+                  [make_thread("vidTenDays1", n, published=now - 9 * day + n * timedelta(minutes=5)) for n in range(150)])
+    api.add_video(make_video("vidTwenty02", published=now - 20 * day),
+                  [make_thread("vidTwenty02", 1, published=now - 19 * day, replies=3)])
+    api.add_video(make_video(OTHER, title="Ukraine peace talks explained", description="", published=now - 15 * day),
+                  [make_thread(OTHER, 1)])
+    api.add_video(make_video("vidForty003", published=now - 40 * day), [make_thread("vidForty003", 1)])
+    # Listed by the editor, published long ago: only its tagged comments since the date.
+    api.add_video(make_video("vidListed04", title="Old interview", description="", published=now - 60 * day),
+                  [make_thread("vidListed04", 1, text="#UkrainePeaceTalks again", published=now - 5 * day),
+                   make_thread("vidListed04", 2, text="untagged", published=now - 4 * day),
+                   make_thread("vidListed04", 3, text="#UkrainePeaceTalks long ago", published=now - 50 * day)],
+                  searchable=False)
+    source = add_source(api, videos="vidListed04", search="true")
+    polling = {"search": {"after": "2026-01-01T00:00:00Z", "at": "2026-01-01T00:00:00Z"}, "videos": {}}
+    Source.objects.filter(pk=source.pk).update(cursor=polling)
+    backfill = collect.backfill_source(source.pk, since=since, owner="test")
+    assert backfill.outcome == CollectionRun.Outcome.OK, backfill.message
+    assert backfill.new == 150 + (1 + 3) + 1 == Post.objects.count()
+    assert min(Post.objects.values_list("created_at", flat=True)) >= since
+    searches = api.requests("search")
+    assert [s.query.get("publishedBefore") for s in searches] == [None, youtube._iso(now - 20 * day)]
+    assert {s.query["publishedAfter"] for s in searches} == {youtube._iso(since)}
+    # OTHER only mentions the words and vidForty003 is older than the date: their comments are not read.
+    assert sorted(seen.query["videoId"] for seen in api.requests("commentThreads")) == [
+        "vidListed04", "vidTenDays1", "vidTenDays1", "vidTwenty02"]
+    source.refresh_from_db()
+    assert {k: v for k, v in source.cursor.items() if k != "backfill"} == polling  # polling never moves back
+    assert source.cursor["backfill"]["backfilled_since"] == youtube._iso(since)
+    # Counted in the shared ledger (backfill_source does not copy page health into the source's).
+    assert collect.connector_for(source).quota.detail()["quota_used"] == 2 * SEARCH_COST + 1 + 4
+    asked = len(upstream.requests)
+    again = collect.backfill_source(source.pk, since=since + day, owner="test")
+    assert (again.pages, again.new) == (0, 0) and len(upstream.requests) == asked
+    # A polling run keeps the walk's position.
+    run(source)
+    source.refresh_from_db()
+    assert source.cursor["backfill"]["backfilled_since"] == youtube._iso(since)
+
+
+def test_backfill_stops_at_its_quota_units_and_the_next_call_resumes_the_search(upstream, monkeypatch):
+    monkeypatch.setattr(youtube, "MAX_BACKFILL_UNITS", 250)
+    api = YouTubeApi(upstream)
+    for n in range(120):
+        api.add_video(make_video(f"vidMany{n:04d}", published=NOW - timedelta(hours=n + 1)))
+    store = DictStore()
+    since = NOW - timedelta(days=30)
+    first = list(connector(api, store=store).backfill(since=since, cursor={"search": {"at": "x"}}))
+    assert [s.query.get("pageToken") for s in api.requests("search")] == [None, "page-50"]
+    walk = first[-1].cursor["backfill"]
+    assert walk["token"] == "page-100" and len(walk["videos"]) == 100 and first[-1].cursor["search"] == {"at": "x"}
+    upstream.requests.clear()
+    second = list(connector(api, store=store).backfill(since=since, cursor=first[-1].cursor))
+    searches = api.requests("search")
+    assert [s.query.get("pageToken") for s in searches] == ["page-100", None]
+    assert searches[1].query["publishedBefore"] == youtube._iso(NOW - timedelta(hours=120))
+    assert second[-1].cursor["backfill"]["search_done"] is True
+    assert len(second[-1].cursor["backfill"]["videos"]) == 120
+
+
+def test_backfill_rests_until_midnight_pacific_before_a_search_the_quota_cannot_pay_for(upstream):
+    api = YouTubeApi(upstream)
+    for n in range(60):
+        api.add_video(make_video(f"vidMany{n:04d}", published=NOW - timedelta(hours=n + 1)))
+    pages = list(connector(api, daily_quota="150").backfill(since=NOW - timedelta(days=30), cursor={}))
+    assert len(api.requests("search")) == 1
+    assert pages[-1].rate_limited_until == NEXT_RESET
+    assert pages[-1].cursor["backfill"]["token"] == "page-50"
+    assert pages[-1].health_detail["quota_used"] == 100
 
 
 # --- the real worker -------------------------------------------------------------------------------

@@ -1,5 +1,10 @@
 """A YouTube Data API v3 subset served on 127.0.0.1: search, videos, commentThreads and comments.
 
+`comments.list?id=` answers with the comments the fake still has (top-level comments of `threads`,
+their inline replies and `replies`), at most COMMENTS_BY_ID ids a call; an id it does not know is left
+out of `items`, as the API does for a deleted or held comment. `search.list` honours `publishedAfter`
+and `publishedBefore` (inclusive).
+
 Serves the recorded bodies of ../shared/fixtures/youtube/ (read in place by the tests and handed in)
 or resources built here from the documented format: `youtube#video`, `youtube#commentThread` (snippet
 and replies parts) and `youtube#comment`. Pages follow `pageToken` / `nextPageToken`; errors use
@@ -14,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from tests.upstream import FakeUpstream, Reply
 
 START = datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc)
+COMMENTS_BY_ID = 50
 
 
 def stamp(moment: datetime) -> str:
@@ -170,8 +176,10 @@ class YouTubeApi:
         if self.search_pages:
             return self._recorded(self.search_pages, query.get("pageToken"))
         after = datetime.fromisoformat(query["publishedAfter"]) if query.get("publishedAfter") else None
+        before = datetime.fromisoformat(query["publishedBefore"]) if query.get("publishedBefore") else None
         found = [v for v in self.searchable
-                 if after is None or datetime.fromisoformat(v["snippet"]["publishedAt"]) >= after]
+                 if (after is None or datetime.fromisoformat(v["snippet"]["publishedAt"]) >= after)
+                 and (before is None or datetime.fromisoformat(v["snippet"]["publishedAt"]) <= before)]
         found.sort(key=lambda v: v["snippet"]["publishedAt"], reverse=True)
         return self._paged("youtube#searchListResponse", [search_result(v) for v in found], query, 50)
 
@@ -193,7 +201,25 @@ class YouTubeApi:
         return self._paged("youtube#commentThreadListResponse", threads, query, 100)
 
     def comments(self, query: dict) -> Reply:
+        if "id" in query:
+            return self.comments_by_id([cid for cid in query["id"].split(",") if cid])
         parent = query.get("parentId", "")
         if parent in self.reply_pages:
             return self._recorded(self.reply_pages[parent], query.get("pageToken"))
         return self._paged("youtube#commentListResponse", self.replies.get(parent, []), query, 100)
+
+    def comments_by_id(self, ids: list[str]) -> Reply:
+        if len(ids) > COMMENTS_BY_ID:
+            return google_error(400, "invalidParameter", f"at most {COMMENTS_BY_ID} ids", domain="youtube.parameter")
+        known: dict[str, dict] = {}
+        for threads in self.threads.values():
+            for thread in threads:
+                known[thread["snippet"]["topLevelComment"]["id"]] = thread["snippet"]["topLevelComment"]
+                for reply in thread.get("replies", {}).get("comments", []):
+                    known[reply["id"]] = reply
+        for replies in self.replies.values():
+            for reply in replies:
+                known[reply["id"]] = reply
+        items = [known[cid] for cid in ids if cid in known]
+        return Reply(200, {"kind": "youtube#commentListResponse", "etag": "etag-comments-by-id",
+                           "pageInfo": {"totalResults": len(items), "resultsPerPage": len(items)}, "items": items})

@@ -21,6 +21,12 @@ Quota: every request's units are counted per API key and Pacific-time day in the
 is shared by every YouTube source); a request that would pass the daily budget is not sent and the
 source rests until midnight Pacific time. A 403 `quotaExceeded` means the same. The key travels in the
 `X-Goog-Api-Key` header, never in a URL (URLs end up in run messages).
+
+Backfill (`collect --backfill --since DATE`): `search.list` with `publishedAfter=since` and
+`publishedBefore=<oldest video already walked>`, then each found video's threads back to the date; bounded
+per call by requests and by quota units, the position kept under the cursor's `backfill` key.
+Re-check: `comments.list?id=` (at most 50 ids a call, 1 unit); an id it no longer returns was deleted, or
+is held for review or hidden by the channel, which the API does not tell apart.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from .base import (
     Page,
     PermanentError,
     RateLimited,
+    Recheck,
     RejectedRaw,
     SourceConfig,
     TokenStore,
@@ -87,6 +94,16 @@ WORST_CASE_PAGE_REQUESTS = 1 + LIST_PAGE_SIZE * REPLY_PAGES_PER_THREAD
 MAX_REQUESTS_PER_RUN = 300
 # How many skipped videos (comments disabled, private ...) the health detail names.
 MAX_SKIPPED_SHOWN = 20
+# comments.list takes at most 50 ids per call (Google's page gives no number; python-youtube, whose
+# recordings the tests read, refuses more than 50 after the API did).
+COMMENTS_BY_ID_BATCH = 50
+# `collect --backfill`: search pages per call (100 units each; 250 videos) ...
+MAX_BACKFILL_SEARCH_PAGES = 5
+# ... units per call, a fifth of the default daily allocation so polling keeps the rest of the day ...
+MAX_BACKFILL_UNITS = 2_000
+# ... requests per call (a few minutes of work), and thread pages per video per call (1,000 threads).
+MAX_BACKFILL_REQUESTS = 1_000
+MAX_BACKFILL_THREAD_PAGES = 10
 
 QUOTA_REASONS = {"quotaExceeded", "dailyLimitExceeded"}
 BURST_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"}
@@ -388,6 +405,13 @@ def _parse(value: Any) -> datetime | None:
         return None
 
 
+def _stored_video(obj: Any) -> str:
+    """The video id a stored thread or comment names (`snippet.videoId`), else ""."""
+    snippet = obj.get("snippet") if isinstance(obj, dict) else None
+    video = snippet.get("videoId") if isinstance(snippet, dict) else None
+    return video if isinstance(video, str) else ""
+
+
 def _thread_published(thread: Any) -> datetime | None:
     top = _top_level(thread) if isinstance(thread, dict) else None
     snippet = top.get("snippet") if isinstance(top, dict) else None
@@ -434,6 +458,14 @@ class YouTubeConnector:
                                  limit=_int_option(options, "daily_quota", DEFAULT_DAILY_QUOTA, minimum=1), now=now)
         self.requests_made = 0
         self.saved: dict = {}
+        self._start_call(requests=MAX_REQUESTS_PER_RUN)
+
+    def _start_call(self, *, requests: int, units: int | None = None) -> None:
+        """Bounds of one fetch / backfill / recheck call: requests, and quota units (None: the day's budget)."""
+        self.requests_made = 0
+        self.units_spent = 0
+        self.request_budget = requests
+        self.unit_budget = units
 
     # The cursor: {"search": {"after", "at", "scan"?}, "videos": {id: {"found", "search"?, "given"?,
     # "about"?, "polled"?, "seen_until"?, "scan"?: {"token", "top"}, "skipped"?}}}.
@@ -446,7 +478,7 @@ class YouTubeConnector:
         day's budget cannot pay for. Raises RateLimited, NeedsCredentials, PermanentError,
         TemporaryError, MalformedResponse.
         """
-        self.requests_made = 0
+        self._start_call(requests=MAX_REQUESTS_PER_RUN)
         state = self._load(cursor)
         self.saved = copy.deepcopy(state)
         try:
@@ -475,7 +507,10 @@ class YouTubeConnector:
             keep = sorted(videos, key=lambda vid: (bool(videos[vid].get("given")), videos[vid].get("found") or ""),
                           reverse=True)[:MAX_TRACKED_VIDEOS]
             videos = {vid: videos[vid] for vid in keep}
-        return {"search": search, "videos": videos}
+        loaded = {"search": search, "videos": videos}
+        if isinstance(state.get("backfill"), dict):
+            loaded["backfill"] = state["backfill"]  # the backfill's position, kept as it is by polling
+        return loaded
 
     def _collect(self, state: dict) -> Iterator[Page]:
         if self.search_enabled and self._search_due(state["search"]):
@@ -487,24 +522,28 @@ class YouTubeConnector:
     def _page(self, state: dict, page: Page, *, rate_limited_until: datetime | None = None) -> Page:
         page.cursor = copy.deepcopy(state)
         page.rate_limited_until = rate_limited_until
-        videos = state["videos"]
-        skipped = {vid: v["skipped"] for vid, v in videos.items() if v.get("skipped")}
+        videos = state["videos"] if isinstance(state.get("videos"), dict) else {}
+        skipped = {vid: v["skipped"] for vid, v in videos.items() if isinstance(v, dict) and v.get("skipped")}
         page.health_detail = {
             **self.quota.detail(),
-            "videos_tracked": sum(1 for v in videos.values() if "about" in v and (v["about"] or v.get("given"))),
+            "videos_tracked": sum(1 for v in videos.values()
+                                  if isinstance(v, dict) and "about" in v and (v["about"] or v.get("given"))),
             "videos_skipped": dict(sorted(skipped.items())[:MAX_SKIPPED_SHOWN]),
         }
         self.saved = page.cursor
         return page
 
     def _request(self, endpoint: str, params: dict, *, cost: int, skippable: bool = False) -> dict:
-        if self.requests_made >= MAX_REQUESTS_PER_RUN:
+        if self.requests_made >= self.request_budget:
+            raise _RunBudgetSpent
+        if self.unit_budget is not None and self.units_spent + cost > self.unit_budget:
             raise _RunBudgetSpent
         if not self.quota.can_spend(cost):
             raise _QuotaSpent
         # Google charges a request whatever its outcome, so it is counted before it goes out.
         self.quota.spend(cost)
         self.requests_made += 1
+        self.units_spent += cost
         now = self.now()
         response = self.client.get(f"{self.base_url}/{endpoint}", params=params,
                                    headers={"Accept": "application/json", "X-Goog-Api-Key": self.api_key})
@@ -618,7 +657,7 @@ class YouTubeConnector:
         seen_tokens: set[str] = set()
         seen_etags: set[str] = set()
         for page_number in range(1, THREAD_PAGES_PER_VIDEO + 1):
-            if MAX_REQUESTS_PER_RUN - self.requests_made < WORST_CASE_PAGE_REQUESTS:
+            if not self._room_for_a_thread_page():
                 raise _RunBudgetSpent
             params = {"part": "snippet,replies", "videoId": vid, "maxResults": LIST_PAGE_SIZE, "order": "time",
                       "textFormat": "html"}
@@ -704,6 +743,265 @@ class YouTubeConnector:
                 break
             token = next_token
         return replies
+
+    def _room_for_a_thread_page(self) -> bool:
+        """A thread page with all its replies fits in what this call may still request and spend."""
+        if self.request_budget - self.requests_made < WORST_CASE_PAGE_REQUESTS:
+            return False
+        return self.unit_budget is None or self.unit_budget - self.units_spent >= WORST_CASE_PAGE_REQUESTS * LIST_COST
+
+    # --- backfill --------------------------------------------------------------------------------
+
+    # The walk's position, under the cursor's "backfill" key: {"since", "before"?: the oldest video
+    # published time already searched, "token"?: the next search page of the current window,
+    # "search_done"?, "videos": {id: {"about"?, "token"?, "done"?, "skipped"?}}, "backfilled_since"?}.
+
+    def backfill(self, *, since: datetime, cursor: dict) -> Iterator[Page]:
+        """Comments under the videos about the tag published since `since`, and under listed videos.
+
+        Bounded per call by MAX_BACKFILL_REQUESTS, MAX_BACKFILL_UNITS and MAX_BACKFILL_SEARCH_PAGES; each
+        page's cursor is the whole cursor (polling keys as given) with the walk's position, so a later call
+        goes on and a finished walk (`backfilled_since` <= since) makes no request. Comments older than
+        `since` are not yielded. Raises like fetch; yields a page with `rate_limited_until` before a request
+        the day's quota cannot pay for.
+        """
+        self._start_call(requests=MAX_BACKFILL_REQUESTS, units=MAX_BACKFILL_UNITS)
+        state = copy.deepcopy(cursor) if isinstance(cursor, dict) else {}
+        walk = self._load_walk(state.get("backfill"), since)
+        if walk is None:
+            return
+        state["backfill"] = walk
+        self.saved = copy.deepcopy(state)
+        try:
+            yield from self._walk(state, since)
+        except _QuotaSpent:
+            yield self._page(self.saved, Page(), rate_limited_until=self.quota.reset_at())
+        except _RunBudgetSpent:
+            return
+
+    def _load_walk(self, walk: Any, since: datetime) -> dict | None:
+        """The walk to go on with for `since`; None when one already reached back that far."""
+        walk = copy.deepcopy(walk) if isinstance(walk, dict) else {}
+        finished = _parse(walk.get("backfilled_since"))
+        if finished is not None and finished <= since:
+            return None
+        videos = {vid: v for vid, v in (walk.get("videos") or {}).items()
+                  if isinstance(vid, str) and VIDEO_ID.match(vid) and isinstance(v, dict)} \
+            if isinstance(walk.get("videos"), dict) else {}
+        if walk.get("since") != _iso(since):
+            # A new date: search tokens belong to their query, so the search starts a new window below
+            # the oldest video already walked (or below the date a finished walk reached); videos already
+            # walked are read again further back.
+            before = [moment for moment in (_parse(walk.get("before")), finished) if moment is not None]
+            walk = {"since": _iso(since), **({"before": _iso(min(before))} if before else {})}
+            videos = {vid: {k: x for k, x in v.items() if k in ("about", "given")} for vid, v in videos.items()}
+        walk["videos"] = videos
+        for vid in self.given_videos:
+            videos.setdefault(vid, {})["given"] = True
+        if not self.search_enabled:
+            walk["search_done"] = True
+        return walk
+
+    def _walk(self, state: dict, since: datetime) -> Iterator[Page]:
+        walk = state["backfill"]
+        if not walk.get("search_done"):
+            yield from self._backfill_search(state, since)
+        unchecked = [vid for vid, v in walk["videos"].items() if "about" not in v]
+        for start in range(0, len(unchecked), VIDEOS_LIST_BATCH):
+            batch = unchecked[start:start + VIDEOS_LIST_BATCH]
+            body = self._request("videos", {"part": "snippet", "id": ",".join(batch),
+                                            "maxResults": VIDEOS_LIST_BATCH}, cost=LIST_COST)
+            found = {video["id"]: video for video in _items(body, "videos")
+                     if isinstance(video, dict) and isinstance(video.get("id"), str)}
+            for vid in batch:
+                walk["videos"][vid]["about"] = sorted(video_tags(found[vid]) & self.tag_keys) if vid in found else []
+                if vid not in found:
+                    walk["videos"][vid].update(done=True, skipped="video not found or not public")
+            yield self._page(state, Page(fetched=len(found)))
+        for vid, v in list(walk["videos"].items()):
+            if v.get("done"):
+                continue
+            if not (v.get("about") or v.get("given")):
+                v["done"] = True  # a search hit that only mentions the words: not the conversation
+                continue
+            yield from self._backfill_video(state, vid, since)
+        if walk.get("search_done") and all(v.get("done") for v in walk["videos"].values()):
+            state["backfill"] = {"since": walk["since"], "backfilled_since": walk["since"]}
+            yield self._page(state, Page())
+
+    def _backfill_search(self, state: dict, since: datetime) -> Iterator[Page]:
+        walk = state["backfill"]
+        query = " | ".join(f"#{tag}" for tag in self.hashtags)
+        for _ in range(MAX_BACKFILL_SEARCH_PAGES):
+            before, token = walk.get("before"), walk.get("token")
+            params = {"part": "snippet", "q": query, "type": "video", "order": "date",
+                      "maxResults": SEARCH_PAGE_SIZE, "publishedAfter": _iso(since)}
+            if before:
+                params["publishedBefore"] = before
+            if token:
+                params["pageToken"] = token
+            body = self._request("search", params, cost=SEARCH_COST)
+            results = _items(body, "search")
+            page = Page(fetched=len(results))
+            oldest = _parse(walk.get("oldest"))
+            for result in results:
+                ids = result.get("id") if isinstance(result, dict) else None
+                vid = ids.get("videoId") if isinstance(ids, dict) else None
+                if not isinstance(vid, str) or not VIDEO_ID.match(vid):
+                    page.rejected.append(RejectedRaw(reason="search result has no id.videoId", raw=result))
+                    continue
+                snippet = result.get("snippet") if isinstance(result.get("snippet"), dict) else {}
+                published = _parse(snippet.get("publishedAt"))
+                if published and (oldest is None or published < oldest):
+                    oldest = published
+                walk["videos"].setdefault(vid, {})
+            if oldest is not None:
+                walk["oldest"] = _iso(oldest)
+            next_token = body.get("nextPageToken")
+            if isinstance(next_token, str) and next_token and next_token != token and results:
+                walk["token"] = next_token
+            else:
+                # This window is read to its end. YouTube serves a few hundred results per query, so
+                # a new window below the oldest video found goes on, until one finds nothing older.
+                walk.pop("token", None)
+                progressed = oldest is not None and (_parse(before) is None or oldest < _parse(before))
+                if progressed and oldest > since:
+                    walk["before"] = _iso(oldest)
+                else:
+                    walk["search_done"] = True
+            yield self._page(state, page)
+            if walk.get("search_done"):
+                return
+
+    def _backfill_video(self, state: dict, vid: str, since: datetime) -> Iterator[Page]:
+        v = state["backfill"]["videos"][vid]
+        about = v.get("about") or []
+        seen_tokens: set[str] = set()
+        for _ in range(MAX_BACKFILL_THREAD_PAGES):
+            if not self._room_for_a_thread_page():
+                raise _RunBudgetSpent
+            token = v.get("token")
+            params = {"part": "snippet,replies", "videoId": vid, "maxResults": LIST_PAGE_SIZE, "order": "time",
+                      "textFormat": "html"}
+            if token:
+                params["pageToken"] = token
+                seen_tokens.add(token)
+            try:
+                body = self._request("commentThreads", params, cost=LIST_COST, skippable=True)
+            except _Skipped as skipped:
+                v.pop("token", None)
+                v.update(done=True, skipped=skipped.reason)
+                yield self._page(state, Page())
+                return
+            threads = _items(body, "commentThreads")
+            page = Page(fetched=len(threads))
+            reached = False
+            for thread in threads:
+                published = _thread_published(thread)
+                if published is not None and published < since:
+                    reached = True  # newest first: the rest is older than the date
+                    continue
+                self._add_since(page, normalise_thread(thread, tag_keys=self.tag_keys, about=about), since)
+                if isinstance(thread, dict):
+                    for reply in self._replies(thread, vid):
+                        self._add_since(page, normalise_comment(reply, video_id=vid, tag_keys=self.tag_keys,
+                                                                about=about), since)
+            next_token = body.get("nextPageToken")
+            if reached or not threads or not isinstance(next_token, str) or not next_token or next_token in seen_tokens:
+                v.pop("token", None)
+                v["done"] = True
+            else:
+                v["token"] = next_token
+            yield self._page(state, page)
+            if v.get("done"):
+                return
+
+    @classmethod
+    def _add_since(cls, page: Page, result: NormalisedItem | RejectedRaw | None, since: datetime) -> None:
+        if isinstance(result, NormalisedItem) and result.created_at < since:
+            return
+        cls._add(page, result)
+
+    # --- re-check --------------------------------------------------------------------------------
+
+    def recheck(self, posts: list[tuple[str, dict]]) -> Iterator[Recheck]:
+        """Read stored comments again with `comments.list?id=`, COMMENTS_BY_ID_BATCH ids (1 unit) a call.
+
+        A comment returned is the current version (tagged with the source's tracked tags, as the
+        conversation it was collected in, plus its own #tags); an id not returned was deleted, or is
+        held for review or hidden by the channel (the API does not say which): a deletion with that
+        reason. A reply whose video is named neither by the API nor by its stored payload is asked for
+        with its parent, whose snippet names it. Raises RateLimited when the day's quota is spent.
+        """
+        self._start_call(requests=MAX_REQUESTS_PER_RUN)
+        for batch, extra in self._recheck_batches(posts):
+            ids = [external_id for external_id, _raw in batch] + extra
+            try:
+                body = self._request("comments", {"part": "snippet", "id": ",".join(ids), "textFormat": "html"},
+                                     cost=LIST_COST, skippable=True)
+            except _Skipped as skipped:
+                for external_id, _raw in batch:
+                    yield Recheck(external_id=external_id,
+                                  error=f"YouTube refused comments.list for this id ({skipped.reason})")
+                continue
+            except _QuotaSpent:
+                until = self.quota.reset_at()
+                raise RateLimited(f"YouTube daily quota spent; next request after {until.isoformat()} "
+                                  "(midnight Pacific time)", until=until) from None
+            except _RunBudgetSpent:
+                return
+            found = {comment["id"]: comment for comment in _items(body, "comments")
+                     if isinstance(comment, dict) and isinstance(comment.get("id"), str)}
+            for external_id, raw in batch:
+                yield self._recheck_one(external_id, raw, found)
+
+    def _recheck_batches(self, posts: list[tuple[str, dict]]) -> list[tuple[list, list[str]]]:
+        """Posts in calls of at most COMMENTS_BY_ID_BATCH ids, each reply with the parent that names its video."""
+        groups: dict[str, list[tuple[str, dict]]] = {}
+        for external_id, raw in posts:
+            groups.setdefault(external_id.split(".", 1)[0], []).append((external_id, raw))
+        batches: list[tuple[list, list[str]]] = []
+        batch: list = []
+        extra: list[str] = []
+        for parent, members in groups.items():
+            needs_parent = (all(external_id != parent for external_id, _raw in members)
+                            and any(not _stored_video(raw) for _external_id, raw in members))
+            while members:
+                room = COMMENTS_BY_ID_BATCH - len(batch) - len(extra) - (1 if needs_parent else 0)
+                if room <= 0:
+                    batches.append((batch, extra))
+                    batch, extra = [], []
+                    continue
+                taken, members = members[:room], members[room:]
+                batch.extend(taken)
+                if needs_parent and parent not in extra:
+                    extra.append(parent)
+                if members:
+                    batches.append((batch, extra))
+                    batch, extra = [], []
+        if batch:
+            batches.append((batch, extra))
+        return batches
+
+    def _recheck_one(self, external_id: str, raw: Any, found: dict) -> Recheck:
+        comment = found.get(external_id)
+        if comment is None:
+            return Recheck(external_id=external_id,
+                           deleted_reason="no longer returned by YouTube comments.list?id= (deleted, or held for "
+                                          "review / hidden by the channel)")
+        about = sorted(self.tag_keys)
+        if isinstance(raw, dict) and (raw.get("kind") == "youtube#commentThread" or isinstance(_top_level(raw), dict)):
+            thread = copy.deepcopy(raw)
+            thread["snippet"]["topLevelComment"] = comment  # stored as a thread: kept as one
+            result = normalise_thread(thread, about=about)
+        else:
+            parent = found.get(external_id.split(".", 1)[0])
+            video = _stored_video(comment) or _stored_video(raw) or (_stored_video(parent) if parent else "")
+            result = normalise_comment(comment, video_id=video, about=about)
+        if isinstance(result, NormalisedItem) and result.external_id == external_id:
+            return Recheck(external_id=external_id, item=result)
+        reason = result.reason if isinstance(result, RejectedRaw) else "YouTube returned another comment"
+        return Recheck(external_id=external_id, error=reason)
 
     @staticmethod
     def _add(page: Page, result: NormalisedItem | RejectedRaw | None) -> None:
