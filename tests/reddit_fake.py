@@ -3,7 +3,8 @@
 Implements what the connector relies on: `POST /api/v1/access_token` (client_credentials, basic auth),
 bearer tokens that can expire, `GET /search` and `/r/<sub>/search` (sort=new, `after` paging, a loose
 word search like Reddit's), `GET /comments/<id>` ([submission Listing, comment Listing] with nested
-`replies` and `more` stubs), `GET /api/morechildren`, and the `x-ratelimit-*` headers.
+`replies` and `more` stubs), `GET /api/morechildren`, `GET /api/info?id=<fullnames>` (at most 100; a
+fullname it does not have is left out, as Reddit does), and the `x-ratelimit-*` headers.
 
 Route handlers read the request's headers with `current_headers()` (FakeUpstream records them).
 """
@@ -19,6 +20,8 @@ from urllib.parse import urlsplit
 from tests.upstream import FakeUpstream, Reply, current_request_headers
 
 START = datetime(2026, 11, 20, tzinfo=timezone.utc)
+# /api/info answers at most this many fullnames.
+INFO_LIMIT = 100
 
 
 def current_headers() -> dict:
@@ -160,6 +163,8 @@ class RedditApi:
             reply = self.tree(path.split("/")[2])
         elif path == "/api/morechildren":
             reply = self.morechildren(query)
+        elif path == "/api/info":
+            reply = self.info(query)
         else:
             reply = Reply(404, {"message": "Not Found", "error": 404})
         return self._with_budget(reply)
@@ -219,6 +224,15 @@ class RedditApi:
         wanted = set(query.get("children", "").split(","))
         things = [thing("t1", c) for c in self.hidden.get(ident, []) if c["id"] in wanted]
         return Reply(200, {"json": {"errors": [], "data": {"things": things}}})
+
+    def info(self, query: dict) -> Reply:
+        names = [name for name in query.get("id", "").split(",") if name]
+        if len(names) > INFO_LIMIT:
+            return Reply(400, {"message": "Bad Request", "error": 400})
+        known = {s["name"]: thing("t3", s) for s in self.submissions}
+        for comments in [*self.comments.values(), *self.hidden.values()]:
+            known.update({c["name"]: thing("t1", c) for c in comments})
+        return Reply(200, listing([known[name] for name in names if name in known]))
 
 
 def _find(nodes: list[dict], name: str) -> dict:

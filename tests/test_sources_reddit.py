@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from engagement import collect
-from engagement.models import CollectionRun, Post, RejectedItem, Source
+from engagement.models import CollectionRun, Post, PostRevision, RejectedItem, Source
 from engagement.sources import reddit
 from engagement.sources.base import (
     HttpClient,
@@ -29,7 +29,7 @@ from engagement.sources.base import (
     TemporaryError,
 )
 from tests.conftest import wait_for
-from tests.reddit_fake import MemoryStore, RedditApi, make_comment, make_submission, thing
+from tests.reddit_fake import MemoryStore, RedditApi, listing, make_comment, make_submission, thing
 from tests.upstream import Reply
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -641,6 +641,180 @@ def test_each_failure_ends_in_a_clear_source_state_and_message(upstream, api, re
         assert RejectedItem.objects.filter(source=source).count() == 1
     if failure == "missing credentials":
         assert upstream.requests == []
+
+
+# --- re-check: edits and deletions -----------------------------------------------------------------
+
+
+def recorded_info(recorded, name: str, fullname: str) -> dict:
+    """The t1 data of a recorded /api/info answer."""
+    return recorded_get(recorded(name), f"/api/info/?raw_json=1&id={fullname}")["body"]["data"]["children"][0]["data"]
+
+
+def test_recorded_info_answers_are_a_deletion_by_the_author_and_the_current_version(upstream, api, recorded):
+    deleted = recorded_info(recorded, "reddit/comment_deleted_absent_from_tree.json", "t1_d7ltvl0")
+    alive = recorded_info(recorded, "reddit/comments_tree_deleted.json", "t1_d8r4im1")
+    upstream.routes["/api/info"] = lambda path, query: Reply(200, listing(
+        [thing("t1", data) for data in (deleted, alive) if data["name"] in query["id"].split(",")]))
+    results = list(connector(upstream).recheck([("t1_d7ltvl0", {}), ("t1_d8r4im1", {})]))
+    assert results[0].deleted_reason == "deleted by its author ([deleted] body, author '[deleted]')"
+    assert results[1].item.text.startswith("What has been the strangest thing someone tweeted at you")
+    assert results[1].item.hashtags == ("ukrainepeacetalks",) and results[1].item.author.handle == "u/THE_GREAT_SHAZBOT"
+    (asked,) = upstream.requests_to("/api/info")
+    assert asked.query["id"] == "t1_d7ltvl0,t1_d8r4im1" and asked.query["raw_json"] == "1"
+
+
+def test_a_removed_body_or_category_is_a_removal_and_a_submission_that_lost_its_tag_is_still_there():
+    removed = {"name": "t1_x1", "body": "[removed]", "author": "[deleted]"}
+    assert reddit.deletion_reason("t1", removed) == "removed by moderators or Reddit ([removed] body)"
+    link = {"name": "t3_y1", "selftext": "", "author": "[deleted]", "removed_by_category": "moderator"}
+    assert reddit.deletion_reason("t3", link) == "removed by moderators (removed_by_category: moderator)"
+    assert reddit.deletion_reason("t1", {"body": "[deleted] is a fine word", "author": "x"}) == ""
+    untagged = thing("t3", make_submission(1, title="Talks resume (edited)"))
+    item = reddit.normalise_submission(untagged, tag_keys=("ukrainepeacetalks",), word=False, require_tag=False)
+    assert item.external_id == "t3_s00001" and item.hashtags == ()
+
+
+def test_a_recheck_asks_for_a_hundred_fullnames_a_request(upstream, api):
+    for n in range(1, 151):
+        api.submissions.append(make_submission(n))
+    results = list(connector(upstream).recheck([(f"t3_s{n:05d}", {}) for n in range(1, 151)] + [("x9", {})]))
+    assert [len(seen.query["id"].split(",")) for seen in upstream.requests_to("/api/info")] == [100, 50]
+    assert sum(1 for r in results if r.item) == 150 and [r.error for r in results if r.error] == [
+        "not a comment (t1_) or submission (t3_) fullname"]
+
+
+@pytest.mark.django_db
+def test_a_recheck_stores_an_edit_as_a_revision_and_deleted_or_removed_comments_as_tombstones(
+        upstream, api, reddit_credentials, flushed_redis, recorded, api_client):
+    a_thread(api, 1, comments=3)
+    source = collect.register_source(platform="reddit", url=upstream.url, hashtags=[TAG])
+    assert run(source).new == 4
+    edited, deleted, removed = api.comments["s00001"]
+    edited.update(body="Comment c1x0, corrected", body_html='<div class="md"><p>Comment c1x0, corrected</p></div>',
+                  edited=1764000000.0)
+    # Deleted by its author: the shape of a recorded /api/info answer, with this thread's ids.
+    recorded_deleted = recorded_info(recorded, "reddit/comment_deleted_absent_from_tree.json", "t1_d7ltvl0")
+    deleted.update({**recorded_deleted, **{k: deleted[k] for k in ("id", "name", "link_id", "parent_id")}})
+    removed.update(body="[removed]", body_html='<div class="md"><p>[removed]</p></div>', author="[deleted]")
+    upstream.requests.clear()
+    report = collect.recheck_source(source.pk, owner="test")
+    assert (report.checked, report.edited, report.deleted, report.errors) == (4, 1, 2, 0)
+    (asked,) = upstream.requests_to("/api/info")
+    assert sorted(asked.query["id"].split(",")) == ["t1_c1x0", "t1_c1x1", "t1_c1x2", "t3_s00001"]
+    post = Post.objects.get(external_id="t1_c1x0")
+    assert post.text == "Comment c1x0, corrected" and post.edited_at == datetime.fromtimestamp(1764000000, tz=timezone.utc)
+    assert post.hashtags == ["ukrainepeacetalks"]
+    assert PostRevision.objects.get(post=post).text == "Comment c1x0"
+    reasons = dict(Post.objects.filter(deleted_at__isnull=False).values_list("external_id", "deletion_reason"))
+    assert reasons == {"t1_c1x1": "deleted by its author ([deleted] body, author '[deleted]')",
+                       "t1_c1x2": "removed by moderators or Reddit ([removed] body)"}
+    listed = {p["external_id"] for p in api_client.get("/api/v1/posts/").json()["results"]}
+    assert listed == {"t3_s00001", "t1_c1x0"}
+    again = collect.recheck_source(source.pk, owner="test")
+    assert (again.checked, again.edited, again.deleted) == (2, 0, 0) and PostRevision.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_fullname_reddit_does_not_return_is_an_error_not_a_deletion(upstream, api, reddit_credentials, flushed_redis):
+    a_thread(api, 1, comments=1)
+    source = collect.register_source(platform="reddit", url=upstream.url, hashtags=[TAG])
+    run(source)
+    api.submissions.clear()  # e.g. its subreddit went private: /api/info leaves it out
+    report = collect.recheck_source(source.pk, owner="test")
+    assert (report.checked, report.edited, report.deleted, report.errors) == (2, 0, 0, 1)
+    assert not Post.objects.filter(deleted_at__isnull=False).exists()
+
+
+@pytest.mark.django_db
+def test_a_rate_limit_during_a_recheck_stops_it_and_blocks_the_source(upstream, api, reddit_credentials, flushed_redis):
+    a_thread(api, 1, comments=1)
+    source = collect.register_source(platform="reddit", url=upstream.url, hashtags=[TAG])
+    run(source)
+    upstream.requests.clear()
+    api.overrides["/api/info"] = Reply(429, {"error": 429}, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "240"})
+    started = datetime.now(timezone.utc)
+    report = collect.recheck_source(source.pk, owner="test")
+    assert report.checked == 0 and "429" in report.message
+    source.refresh_from_db()
+    assert source.rate_limited_until >= started + timedelta(seconds=239)
+    assert len(upstream.requests_to("/api/info")) == 1
+    assert not Post.objects.filter(deleted_at__isnull=False).exists()
+
+
+def test_a_spent_budget_after_a_recheck_batch_stops_before_the_next(upstream, api):
+    for n in range(1, 151):
+        api.submissions.append(make_submission(n))
+    api.rate_limit_remaining, api.rate_limit_reset = 1, 300
+    results = []
+    with pytest.raises(RateLimited) as caught:
+        for result in connector(upstream).recheck([(f"t3_s{n:05d}", {}) for n in range(1, 151)]):
+            results.append(result)
+    assert len(results) == 100 and len(upstream.requests_to("/api/info")) == 1
+    assert caught.value.until == NOW + timedelta(seconds=300)
+
+
+# --- backfill ----------------------------------------------------------------------------------------
+
+
+def hourly_submissions(api: RedditApi, count: int, now: datetime) -> None:
+    """Submission n published n hours ago; submission 3 has two comments an hour after it."""
+    for n in range(1, count + 1):
+        api.submissions.append(make_submission(n, created=now - timedelta(hours=n)))
+    api.comments["s00003"] = [make_comment("b1", link="s00003", created=now - timedelta(hours=2)),
+                              make_comment("b2", link="s00003", parent="t1_b1", created=now - timedelta(hours=2))]
+
+
+@pytest.mark.django_db
+def test_backfill_walks_search_back_to_the_date_reads_the_trees_in_bounded_calls_and_then_asks_nothing(
+        upstream, api, reddit_credentials, flushed_redis):
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    hourly_submissions(api, 150, now)
+    since = now - timedelta(hours=40, minutes=30)
+    source = collect.register_source(platform="reddit", url=upstream.url, hashtags=[TAG])
+    polling = {"search": {"ukrainepeacetalks": {"newest": now.timestamp()}}, "threads": {}}
+    Source.objects.filter(pk=source.pk).update(cursor=polling)
+    first = collect.backfill_source(source.pk, since=since, owner="test")
+    assert first.outcome == CollectionRun.Outcome.OK, first.message
+    assert first.new == 40 + 2 and Post.objects.filter(kind="post").count() == 40
+    assert min(Post.objects.values_list("created_at", flat=True)) >= since
+    (search,) = upstream.requests_to("/search")  # the first page already reaches past the date
+    assert search.query["sort"] == "new" and search.query["limit"] == "100" and "after" not in search.query
+    assert len(upstream.requests_to("/comments/")) == reddit.MAX_BACKFILL_THREADS
+    source.refresh_from_db()
+    assert {k: v for k, v in source.cursor.items() if k != "backfill"} == polling  # polling never moves back
+    assert len(source.cursor["backfill"]["pending"]) == 40 - reddit.MAX_BACKFILL_THREADS
+    upstream.requests.clear()
+    second = collect.backfill_source(source.pk, since=since, owner="test")
+    assert (second.outcome, second.new) == (CollectionRun.Outcome.OK, 0)
+    assert upstream.requests_to("/search") == []
+    assert len(upstream.requests_to("/comments/")) == 40 - reddit.MAX_BACKFILL_THREADS
+    source.refresh_from_db()
+    assert source.cursor["backfill"] == {"since": since.isoformat(), "backfilled_since": since.isoformat()}
+    upstream.requests.clear()
+    third = collect.backfill_source(source.pk, since=since + timedelta(hours=1), owner="test")
+    assert (third.pages, third.new) == (0, 0) and upstream.requests == []
+    run(source)  # polling keeps the walk's position
+    source.refresh_from_db()
+    assert source.cursor["backfill"]["backfilled_since"] == since.isoformat()
+
+
+def test_backfill_pages_with_after_to_the_end_of_what_search_serves(upstream, api):
+    hourly_submissions(api, 150, NOW)
+    pages = list(connector(upstream).backfill(since=NOW - timedelta(days=365), cursor={}))
+    assert [s.query.get("after") for s in upstream.requests_to("/search")] == [None, "t3_s00100"]
+    assert pages[1].cursor["backfill"]["search"]["ukrainepeacetalks"] == {"done": True,
+                                                                         "stopped": "end of search results"}
+    assert len({item.external_id for page in pages[:2] for item in page.items}) == 150
+
+
+def test_backfill_stops_at_a_spent_rate_limit_and_keeps_its_place(upstream, api):
+    hourly_submissions(api, 150, NOW)
+    api.rate_limit_remaining, api.rate_limit_reset = 1, 300
+    pages = list(connector(upstream).backfill(since=NOW - timedelta(days=365), cursor={}))
+    assert len(pages) == 1 and pages[0].rate_limited_until == NOW + timedelta(seconds=300)
+    assert pages[0].cursor["backfill"]["search"]["ukrainepeacetalks"] == {"after": "t3_s00100"}
+    assert len(upstream.requests_to("/search")) == 1
 
 
 # --- the real worker -------------------------------------------------------------------------------

@@ -17,10 +17,16 @@
   `[deleted]` keeps the text with no author. `edited` is `false` or an epoch: `edited_at`.
 - `x-ratelimit-remaining` / `x-ratelimit-reset` (seconds) are honoured: at 0 collection stops until the
   reset; a 429 waits for `Retry-After`, else the reset.
+- Backfill (`collect --backfill --since DATE`): the same search, `sort=new`, paged with `after` until a
+  submission older than the date (Reddit serves at most about 1,000 results of a search), then the
+  trees of the matching submissions, bounded per call; the position is kept under the cursor's `backfill`.
+- Re-check: `GET /api/info?id=t1_…,t3_…` (100 fullnames a request). `[deleted]` is a deletion by the
+  author, `[removed]` (or `removed_by_category`) a removal; a fullname it does not return is an error.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import html as html_lib
 import math
@@ -42,6 +48,7 @@ from .base import (
     Page,
     PermanentError,
     RateLimited,
+    Recheck,
     RejectedRaw,
     SourceConfig,
     SourceError,
@@ -50,6 +57,7 @@ from .base import (
     html_to_text,
     json_body,
     normalise_tag,
+    parse_timestamp,
     sanitise_html,
 )
 
@@ -79,6 +87,14 @@ THREAD_WATCH = timedelta(days=3)
 MAX_WATCHED_THREADS = 100
 # A token is dropped this long before Reddit's expiry so no request goes out with a dying token.
 TOKEN_EXPIRY_MARGIN = 60
+# `collect --backfill`: search pages per tag per call; Reddit serves at most about 1,000 results (10
+# pages of 100) of one search, so one call reaches as far back as search can.
+MAX_BACKFILL_SEARCH_PAGES = 10
+# Comment trees read per backfill call (each 1 request plus at most 3 morechildren calls: ~100 requests,
+# a tenth of the 10-minute budget); the others wait in the cursor for the next call.
+MAX_BACKFILL_THREADS = 25
+# /api/info takes at most 100 fullnames per request (praw asks in batches of 100).
+INFO_BATCH = 100
 DELETED = {"[deleted]", "[removed]"}
 SUBREDDIT_NAME = re.compile(r"^[A-Za-z0-9_+]{2,64}$")
 HASHTAG = re.compile(r"(?<![\w#&/])#(\w*[^\W\d_]\w*)")
@@ -180,8 +196,10 @@ def _strip_replies(thing_kind: str, data: dict) -> dict:
     return {"kind": thing_kind, "data": data}
 
 
-def normalise_submission(thing: Any, *, tag_keys: tuple[str, ...], word: bool) -> NormalisedItem | RejectedRaw | None:
-    """A submission (t3) as a post; None when its title and selftext do not carry a tag."""
+def normalise_submission(thing: Any, *, tag_keys: tuple[str, ...], word: bool,
+                         require_tag: bool = True) -> NormalisedItem | RejectedRaw | None:
+    """A submission (t3) as a post; None when its title and selftext do not carry a tag (unless not
+    `require_tag`: a stored submission looked at again, whose edit may have taken the tag out)."""
     _kind, data = _unwrap(thing)
     if not isinstance(data, dict):
         return RejectedRaw(reason="submission is not a JSON object", raw=thing)
@@ -195,7 +213,7 @@ def normalise_submission(thing: Any, *, tag_keys: tuple[str, ...], word: bool) -
     if selftext.strip() in DELETED:
         selftext = ""
     matched = matched_tags(f"{title}\n{selftext}", tag_keys, word=word)
-    if not matched:
+    if not matched and require_tag:
         return None
     try:
         created_at = _epoch(data.get("created_utc"), field_name="created_utc")
@@ -391,9 +409,14 @@ class RedditConnector:
 
         self._forget_old_threads(threads)
 
+        walk = cursor.get("backfill")
+
         def whole_cursor() -> dict:
-            return {"search": {k: dict(v) for k, v in searches.items()},
-                    "threads": {k: dict(v) for k, v in threads.items()}}
+            whole = {"search": {k: dict(v) for k, v in searches.items()},
+                     "threads": {k: dict(v) for k, v in threads.items()}}
+            if isinstance(walk, dict):
+                whole["backfill"] = copy.deepcopy(walk)  # the backfill's position, kept as it is
+            return whole
 
         for tag, key in self.tags:
             for page in self._search(tag, key, searches, threads):
@@ -551,6 +574,172 @@ class RedditConnector:
             queue.extend(i for i in deeper if i not in batch)
         return True
 
+    # -- backfill
+
+    # The walk's position, under the cursor's "backfill" key: {"since", "search": {tag key: {"after"?,
+    # "done"?, "stopped"?}}, "pending": {t3 fullname: {"created", "read", "tags"}}, "read_since"?,
+    # "backfilled_since"?}.
+
+    def backfill(self, *, since: datetime, cursor: dict) -> Iterator[Page]:
+        """Search results back to `since` (sort=new, `after` paging), then the matching submissions' trees.
+
+        Bounded per call by MAX_BACKFILL_SEARCH_PAGES per tag and MAX_BACKFILL_THREADS trees; every page's
+        cursor is the whole cursor (polling keys as given) with the walk's position, so a later call goes on
+        and a finished walk (`backfilled_since` <= since) makes no request. Items older than `since` are not
+        yielded. Stops at a spent rate limit like fetch; raises like fetch.
+        """
+        if not self.client_id or not self.client_secret:
+            raise NeedsCredentials("Reddit needs an app's credentials: set REDDIT_CLIENT_ID and REDDIT_CLIENT_SECRET")
+        base = {key: copy.deepcopy(value) for key, value in cursor.items() if key != "backfill"}
+        walk = copy.deepcopy(cursor.get("backfill")) if isinstance(cursor.get("backfill"), dict) else {}
+        finished = _cursor_time(walk.get("backfilled_since"))
+        if finished is not None and finished <= since:
+            return
+        if walk.get("since") != since.isoformat():
+            # A new date: search again from the newest; trees a finished walk read are not read again.
+            pending = walk.get("pending") if isinstance(walk.get("pending"), dict) else {}
+            read_since = finished.timestamp() if finished is not None else None
+            walk = {"since": since.isoformat(), "search": {}, "pending": pending,
+                    **({"read_since": read_since} if read_since is not None else {})}
+        walk.setdefault("search", {})
+        walk.setdefault("pending", {})
+
+        def whole_cursor() -> dict:
+            return {**copy.deepcopy(base), "backfill": copy.deepcopy(walk)}
+
+        for tag, key in self.tags:
+            state = walk["search"].setdefault(key, {})
+            if state.get("done"):
+                continue
+            for page in self._backfill_search(tag, state, walk, since, base):
+                page.cursor = whole_cursor()
+                yield page
+                if page.rate_limited_until:
+                    return
+        pending = walk["pending"]
+        newest_first = sorted(pending, key=lambda name: pending[name].get("created") or 0, reverse=True)
+        for fullname in newest_first[:MAX_BACKFILL_THREADS]:
+            error: SourceError | None = None
+            try:
+                page = self._read_thread(fullname, pending)
+            except _PartialThread as partial:
+                page, error = partial.page, partial.error
+            if fullname in pending and pending[fullname].get("read") is not None:
+                del pending[fullname]
+            page.items = [item for item in page.items if item.created_at >= since]
+            page.cursor = whole_cursor()
+            yield page
+            if error is not None:
+                raise error
+            if page.rate_limited_until:
+                return
+        if not pending and all(walk["search"].get(key, {}).get("done") for _tag, key in self.tags):
+            walk = {"since": since.isoformat(), "backfilled_since": since.isoformat()}
+            page = self._page()
+            page.cursor = whole_cursor()
+            yield page
+
+    def _backfill_search(self, tag: str, state: dict, walk: dict, since: datetime, base: dict) -> Iterator[Page]:
+        path = f"/r/{self.subreddit}/search" if self.subreddit else "/search"
+        params = {"q": tag, "sort": "new", "type": "link", "limit": SEARCH_LIMIT}
+        if self.subreddit and self.subreddit.lower() != "all":
+            params["restrict_sr"] = "on"
+        watched = base.get("threads") if isinstance(base.get("threads"), dict) else {}
+        read_since = walk.get("read_since")
+        tracked = {key for _tag, key in self.tags}
+        for _ in range(MAX_BACKFILL_SEARCH_PAGES):
+            after = state.get("after")
+            body, response = self._get(path, {**params, **({"after": after} if after else {})})
+            if response.status_code == 404:
+                raise PermanentError(f"Reddit has no subreddit {self.subreddit!r} to search (404 from {response.url})")
+            children = _listing_children(body, url=response.url)
+            page = self._page()
+            page.fetched = len(children)
+            reached = False
+            for thing in children:
+                kind, data = _unwrap(thing)
+                if kind != "t3":
+                    page.rejected.append(RejectedRaw(reason=f"expected a submission (t3) in the search results, "
+                                                            f"got {kind or type(thing).__name__}", raw=thing))
+                    continue
+                created = data.get("created_utc") if isinstance(data, dict) else None
+                if isinstance(created, (int, float)) and not isinstance(created, bool) and created < since.timestamp():
+                    reached = True  # newest first: the rest is older than the date
+                    continue
+                result = normalise_submission(thing, tag_keys=self.tag_keys, word=self.word_match)
+                if isinstance(result, RejectedRaw):
+                    page.rejected.append(result)
+                elif isinstance(result, NormalisedItem):
+                    page.items.append(result)
+                    stamp = result.created_at.timestamp()
+                    if result.external_id not in watched and (read_since is None or stamp < read_since):
+                        walk["pending"].setdefault(result.external_id, {
+                            "created": stamp, "read": None, "tags": sorted(set(result.hashtags) & tracked)})
+            after = body["data"].get("after")
+            if reached or not isinstance(after, str) or not after:
+                # Reached the date, or the end of what Reddit serves of a search (about 1,000 results).
+                state.clear()
+                state.update(done=True, stopped="since" if reached else "end of search results")
+            else:
+                state["after"] = after
+            yield page
+            if state.get("done") or page.rate_limited_until:
+                return
+
+    # -- re-check
+
+    def recheck(self, posts: list[tuple[str, dict]]) -> Iterator[Recheck]:
+        """Look at stored submissions and comments again with `/api/info`, INFO_BATCH fullnames a request.
+
+        `[deleted]` text is a deletion by the author, `[removed]` (or a submission's
+        `removed_by_category`) a removal; any other thing returned is the current version (an `edited`
+        epoch becomes `edited_at`, a changed text a revision). A fullname Reddit does not return is an
+        error: /api/info leaves out what it will not show (a private or banned subreddit) as well as what
+        it does not know, so the absence proves no deletion. Raises RateLimited, NeedsCredentials.
+        """
+        if not self.client_id or not self.client_secret:
+            raise NeedsCredentials("Reddit needs an app's credentials: set REDDIT_CLIENT_ID and REDDIT_CLIENT_SECRET")
+        names = []
+        for external_id, _raw in posts:
+            if _FULLNAME.match(external_id):
+                names.append(external_id)
+            else:
+                yield Recheck(external_id=external_id, error="not a comment (t1_) or submission (t3_) fullname")
+        for start in range(0, len(names), INFO_BATCH):
+            batch = names[start:start + INFO_BATCH]
+            body, response = self._get("/api/info", {"id": ",".join(batch)})
+            if response.status_code == 404:
+                for name in batch:
+                    yield Recheck(external_id=name, error=f"Reddit answered 404 to {response.url}")
+                continue
+            found = {}
+            for thing in _listing_children(body, url=response.url):
+                kind, data = _unwrap(thing)
+                if kind in ("t1", "t3") and isinstance(data, dict):
+                    fullname = _fullname(data, kind)
+                    if fullname:
+                        found[fullname] = thing
+            for name in batch:
+                yield self._recheck_one(name, found.get(name))
+
+    def _recheck_one(self, fullname: str, thing: Any) -> Recheck:
+        if thing is None:
+            return Recheck(external_id=fullname, error="not returned by /api/info (a private or banned subreddit, "
+                                                       "or a thing Reddit does not show): cannot tell")
+        kind, data = _unwrap(thing)
+        reason = deletion_reason(kind, data)
+        if reason:
+            return Recheck(external_id=fullname, deleted_reason=reason)
+        if kind == "t3":
+            result = normalise_submission(thing, tag_keys=self.tag_keys, word=self.word_match, require_tag=False)
+        else:
+            # Stored as part of a conversation about the source's tags (the cursor names each thread's).
+            result = normalise_comment(thing, thread_tags=self.tag_keys)
+        if isinstance(result, NormalisedItem):
+            return Recheck(external_id=fullname, item=result)
+        return Recheck(external_id=fullname, error=result.reason if isinstance(result, RejectedRaw)
+                       else "Reddit returned a thing that cannot be stored")
+
     # -- HTTP
 
     def _get(self, path: str, params: dict) -> tuple[Any, requests.Response]:
@@ -617,6 +806,42 @@ class RedditConnector:
         if remaining < 1:
             # Spent: no request before the reset (10 minutes, Reddit's window, when it is not given).
             self.spent_until = self._reset_at(response) or self.now() + timedelta(minutes=10)
+
+
+_FULLNAME = re.compile(r"^t[13]_[0-9a-z]+$")
+
+
+def deletion_reason(kind: str, data: Any) -> str:
+    """Why Reddit no longer shows a thing's text, as Reddit says it; "" when it still does.
+
+    A comment's `body` (a submission's `selftext`) becomes `[deleted]` when its author deletes it (the
+    author becomes `[deleted]` too) and `[removed]` when moderators or Reddit remove it. Submissions also
+    carry `removed_by_category` ("deleted", "moderator", "automod_filtered", "reddit", ...), which covers
+    link posts that have no text to replace.
+    """
+    if not isinstance(data, dict):
+        return ""
+    field = "body" if kind == "t1" else "selftext"
+    text = data.get(field).strip() if isinstance(data.get(field), str) else ""
+    author = data.get("author")
+    if text == "[removed]":
+        return f"removed by moderators or Reddit ([removed] {field})"
+    if text == "[deleted]":
+        by = "by its author " if author == "[deleted]" else ""
+        return f"deleted {by}([deleted] {field}, author {author!r})"
+    category = data.get("removed_by_category") if kind == "t3" else None
+    if isinstance(category, str) and category:
+        who = {"deleted": "deleted by its author", "author": "deleted by its author", "moderator": "removed by moderators",
+               "automod_filtered": "removed by moderators"}.get(category, "removed by Reddit")
+        return f"{who} (removed_by_category: {category})"
+    return ""
+
+
+def _cursor_time(value: Any) -> datetime | None:
+    try:
+        return parse_timestamp(value, field_name="cursor time")
+    except ValueError:
+        return None
 
 
 class _PartialThread(Exception):
