@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from engagement import collect
-from engagement.models import Article, CollectionRun, Post, RejectedItem, Source
+from engagement.models import Article, CollectionRun, Post, PostRevision, RejectedItem, Source
 from engagement.sources import wordpress
 from engagement.sources.base import (
     HttpClient,
@@ -545,3 +545,193 @@ def test_beat_and_a_worker_collect_wordpress_comments_into_the_api(
     assert [r.new for r in runs] == [7, 0]
     assert Post.objects.filter(platform="wordpress").count() == 7
     assert worker.proc.poll() is None
+
+
+# --- re-checking stored comments, and backfill to a date -------------------------------------------
+
+RECHECK_NOW = T0 + timedelta(days=1)  # the comments of news_site() are within the re-check window
+
+
+def comment_id_of(post: Post) -> int:
+    return int(post.external_id.rsplit("#comment-", 1)[1])
+
+
+@pytest.mark.django_db
+def test_a_recheck_stores_an_edit_as_a_revision_and_a_comment_no_longer_public_as_a_tombstone(upstream, api_client):
+    site, _tagged = news_site(upstream)
+    source = add_source(upstream)
+    assert run(source).new == 7
+    by_id = {c["id"]: c for c in site.comments}
+    by_id[2]["content"] = {"rendered": "<p>Comment 2, with the figure corrected</p>\n"}
+    by_id[3]["status"] = "spam"
+    site.comments.remove(by_id[4])  # deleted for good
+    upstream.requests.clear()
+    report = collect.recheck_source(source.pk, owner="test", now=RECHECK_NOW)
+    assert (report.checked, report.edited, report.deleted, report.errors, report.message) == (7, 1, 2, 0, "")
+    [asked] = upstream.requests
+    assert asked.path == "/wp-json/wp/v2/comments" and asked.query["per_page"] == "100"
+    assert sorted(int(i) for i in asked.query["include"].split(",")) == [1, 2, 3, 4, 5, 6, 500]
+    edited = Post.objects.get(external_id=f"{upstream.url}/?p=101#comment-2")
+    assert edited.text == "Comment 2, with the figure corrected" and edited.article.title == "Article 101 – the talks"
+    assert [r.text for r in PostRevision.objects.filter(post=edited)] == ["Comment 2 on the talks"]
+    gone = Post.objects.filter(deleted_at__isnull=False)
+    assert sorted(comment_id_of(post) for post in gone) == [3, 4]
+    assert all("no longer public" in post.deletion_reason and "spam" in post.deletion_reason for post in gone)
+    listed = api_client.get("/api/v1/posts/", {"platform": "wordpress"}).json()["results"]
+    assert len(listed) == 5 and {p["external_id"] for p in listed}.isdisjoint({post.external_id for post in gone})
+    # A second re-check finds nothing more to record.
+    again = collect.recheck_source(source.pk, owner="test", now=RECHECK_NOW)
+    assert (again.checked, again.edited, again.deleted, again.errors) == (5, 0, 0, 0)
+    assert PostRevision.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_recheck_of_comments_read_from_the_feeds_cannot_tell_while_rest_is_blocked(upstream):
+    site, _tagged = news_site(upstream)
+    site.rest_refused = 401
+    source = add_source(upstream)
+    assert run(source).new == 7
+    site.comments = [c for c in site.comments if c["id"] != 5]
+    upstream.requests.clear()
+    report = collect.recheck_source(source.pk, owner="test", now=RECHECK_NOW)
+    assert (report.checked, report.edited, report.deleted, report.errors) == (7, 0, 0, 7)
+    assert Post.objects.filter(deleted_at__isnull=False).count() == 0
+    assert [seen.path for seen in upstream.requests] == ["/wp-json/wp/v2/comments"]  # no feed is read for this
+
+
+@pytest.mark.django_db
+def test_a_recheck_of_comments_read_from_the_feeds_uses_the_rest_api_once_it_answers_again(upstream):
+    site, _tagged = news_site(upstream)
+    site.rest_refused = 403
+    source = add_source(upstream)
+    run(source)
+    site.rest_refused = None
+    site.comments = [c for c in site.comments if c["id"] != 5]
+    upstream.requests.clear()
+    report = collect.recheck_source(source.pk, owner="test", now=RECHECK_NOW)
+    assert (report.checked, report.deleted, report.errors) == (7, 1, 0)
+    assert comment_id_of(Post.objects.get(deleted_at__isnull=False)) == 5
+    # The comments come back under the same ids, with their article as the REST API gives it.
+    assert Post.objects.count() == 7 and Article.objects.count() == 2
+    assert [seen.path for seen in upstream.requests] == ["/wp-json/wp/v2/comments", "/wp-json/wp/v2/posts"]
+    assert upstream.requests[1].query["include"] == "101,102"
+    assert all(post.raw.get("post") in (101, 102) for post in Post.objects.filter(deleted_at__isnull=True))
+    assert PostRevision.objects.count() == 0  # the same text and HTML as the feed gave
+
+
+@pytest.mark.django_db
+def test_a_recheck_refused_by_the_rest_api_needs_credentials_and_deletes_nothing(upstream):
+    site, _tagged = news_site(upstream)
+    source = add_source(upstream)
+    run(source)
+    site.rest_refused = 403
+    report = collect.recheck_source(source.pk, owner="test", now=RECHECK_NOW)
+    assert report.checked == 0 and "403" in report.message
+    assert Post.objects.filter(deleted_at__isnull=False).count() == 0
+    assert Post.objects.filter(last_checked_at__isnull=False).count() == 0
+
+
+@pytest.mark.django_db
+def test_a_rate_limit_during_a_recheck_stops_it_and_rests_the_source(upstream):
+    site, _tagged = news_site(upstream)
+    source = add_source(upstream)
+    run(source)
+    site.override = Reply(429, {"code": "too_many_requests"}, {"Retry-After": "600"})
+    upstream.requests.clear()
+    report = collect.recheck_source(source.pk, owner="test", now=RECHECK_NOW)
+    assert report.checked == 0 and "429" in report.message
+    source.refresh_from_db()
+    assert source.rate_limited_until > datetime.now(timezone.utc) + timedelta(seconds=500)
+    assert len(upstream.requests) == 1 and Post.objects.filter(deleted_at__isnull=False).count() == 0
+
+
+def history_site(upstream) -> tuple[WordPressSite, list[dict]]:
+    """Ten tagged articles, one a day from T0, each with three comments (at +1 h, +2 h, +30 h); and an
+    untagged article."""
+    site = WordPressSite(upstream)
+    site.add_tag(7, "ukrainepeacetalks")
+    articles = [site.add_post(200 + day, tags=[7], published=T0 + timedelta(days=day)) for day in range(10)]
+    untagged = site.add_post(300, tags=[], published=T0 + timedelta(days=5))
+    for article in articles + [untagged]:
+        published = _gmt(article["date_gmt"])
+        for n, hours in enumerate((1, 2, 30)):
+            site.add_comment(article["id"] * 10 + n, post=article, written=published + timedelta(hours=hours))
+    return site, articles
+
+
+def _gmt(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+
+
+POLLING = {"rest": {"articles": [209], "after": "2026-11-30T16:00:00Z"}}
+
+
+@pytest.mark.django_db
+def test_backfill_walks_back_to_the_date_and_a_second_call_makes_no_request(upstream):
+    site, articles = history_site(upstream)
+    source = add_source(upstream)
+    Source.objects.filter(pk=source.pk).update(cursor=POLLING)
+    since = T0 + timedelta(days=6, hours=2)
+    site.add_comment(2089, post=articles[8], written=since - timedelta(hours=1))  # dated before `since`
+    backfill = collect.backfill_source(source.pk, since=since, owner="test")
+    assert (backfill.outcome, backfill.pages, backfill.new) == (CollectionRun.Outcome.OK, 1, 9)
+    # The articles published since then (207-209), every comment since then. Article 206 was published
+    # before `since`: its later comments are polling's (the newest 300 articles), not the backfill's.
+    assert min(Post.objects.values_list("created_at", flat=True)) >= since
+    assert {post.article.external_id for post in Post.objects.all()} == {"207", "208", "209"}
+    tags, posts, comments = upstream.requests
+    assert tags.path == "/wp-json/wp/v2/tags"
+    assert (posts.query["tags"], posts.query["after"], posts.query["page"]) == ("7", "2026-11-26T11:59:59Z", "1")
+    assert comments.query["post"] == "207,208,209" and comments.query["after"] == "2026-11-26T11:59:59Z"
+    source.refresh_from_db()
+    assert source.cursor == {**POLLING, "history": {"backfilled_since": "2026-11-26T12:00:00Z"}}  # polling kept
+    asked = len(upstream.requests)
+    again = collect.backfill_source(source.pk, since=since + timedelta(days=1), owner="test")
+    assert (again.pages, again.new) == (0, 0) and len(upstream.requests) == asked
+    # A poll keeps the finished walk in the cursor.
+    run(source)
+    source.refresh_from_db()
+    assert source.cursor["history"] == {"backfilled_since": "2026-11-26T12:00:00Z"}
+
+
+@pytest.mark.django_db
+def test_a_backfill_stopped_by_its_bound_resumes_where_it_stopped(upstream, monkeypatch):
+    monkeypatch.setattr(wordpress, "MAX_BACKFILL_REQUESTS", 3)
+    site = WordPressSite(upstream)
+    site.add_tag(7, "ukrainepeacetalks")
+    article = site.add_post(101, tags=[7], published=T0)
+    for n in range(1, 251):
+        site.add_comment(n, post=article, written=T0 + timedelta(minutes=n))
+    source = add_source(upstream)
+    first = collect.backfill_source(source.pk, since=T0, owner="test")
+    assert (first.pages, first.new) == (2, 200)
+    source.refresh_from_db()
+    assert source.cursor["history"] == {"since": "2026-11-20T10:00:00Z", "posts_page": 1, "comments_page": 3}
+    upstream.requests.clear()
+    second = collect.backfill_source(source.pk, since=T0, owner="test")
+    assert (second.pages, second.new) == (1, 50)
+    assert [seen.query.get("page") for seen in upstream.requests_to("/wp-json/wp/v2/comments")] == ["3"]
+    source.refresh_from_db()
+    assert source.cursor["history"] == {"backfilled_since": "2026-11-20T10:00:00Z"}
+    assert Post.objects.count() == 250
+
+
+@pytest.mark.django_db
+def test_a_single_article_source_backfills_that_articles_comments_back_to_the_date(upstream):
+    site, articles = history_site(upstream)
+    source = add_source(upstream, article=articles[2]["link"])
+    since = T0 + timedelta(days=2, hours=2)
+    backfill = collect.backfill_source(source.pk, since=since, owner="test")
+    assert (backfill.outcome, backfill.new) == (CollectionRun.Outcome.OK, 2)
+    assert sorted(comment_id_of(post) for post in Post.objects.all()) == [2021, 2022]
+    assert upstream.requests_to("/wp-json/wp/v2/comments")[0].query["post"] == "202"
+
+
+@pytest.mark.django_db
+def test_a_backfill_refused_by_the_rest_api_fails_saying_the_feeds_cannot_go_back(upstream):
+    site, _ = history_site(upstream)
+    site.rest_refused = 401
+    source = add_source(upstream)
+    backfill = collect.backfill_source(source.pk, since=T0, owner="test")
+    assert backfill.outcome == CollectionRun.Outcome.FAILED and "backfill reads the REST API" in backfill.message
+    assert Post.objects.count() == 0

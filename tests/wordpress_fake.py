@@ -4,8 +4,8 @@
 There is no public recording of WordPress to replay (see ../shared/fixtures/wordpress/NOTE.md), so this
 implements what the connector relies on, as WordPress documents and does it:
 
-- `GET /wp-json/wp/v2/tags?slug=a,b`, `posts?tags=|slug=|include=`, `comments?post=1,2&after=&orderby=
-  date_gmt&order=asc`, with `per_page` (at most 100, else 400), `page`, `_fields`, `X-WP-Total` and
+- `GET /wp-json/wp/v2/tags?slug=a,b`, `posts?tags=|slug=|include=|after=`, `comments?post=1,2|include=1,2
+  &after=&orderby=date_gmt&order=asc`, with `per_page` (at most 100, else 400), `page`, `_fields`, `X-WP-Total` and
   `X-WP-TotalPages`; a posts page past the end is 400 `rest_post_invalid_page_number`, a comments page
   past the end is an empty list; only approved comments are public. `after` is exclusive.
 - `/?tag=<slug>&feed=rss2` (the tag's posts feed) and `<post link>feed/` (one article's comment feed,
@@ -217,6 +217,9 @@ class WordPressSite:
             found = [p for p in found if p["slug"] in query["slug"].split(",")]
         if "include" in query:
             found = [p for p in found if p["id"] in _ids(query["include"])]
+        if "after" in query:
+            after = _parse_after(query["after"])
+            found = [p for p in found if _gmt(p["date_gmt"]) > after]
         found = sorted(found, key=lambda p: (p["date_gmt"], p["id"]), reverse=query.get("order", "desc") == "desc")
         return self._paged(found, query, per_page, error_past_end="rest_post_invalid_page_number")
 
@@ -225,6 +228,9 @@ class WordPressSite:
         if "post" in query:
             wanted = _ids(query["post"])
             found = [c for c in found if c["post"] in wanted]
+        if "include" in query:
+            wanted = _ids(query["include"])
+            found = [c for c in found if c["id"] in wanted]
         if "after" in query:
             after = _parse_after(query["after"])
             found = [c for c in found if _readable(c.get("date_gmt")) and _gmt(c["date_gmt"]) > after]

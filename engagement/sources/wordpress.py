@@ -22,6 +22,10 @@
   tagged articles and each article's comment feed (conditional GETs), parsed by `sources/feed.py`.
 - `date_gmt` has no zone: it is UTC. WordPress core sends no rate-limit headers; a 429 (or a 503 with
   Retry-After) from the host is waited for.
+- Backfill (`backfill`): the tag's articles published since the date (`posts?tags=&after=`) and their
+  comments since then (`comments?post=&after=`), MAX_BACKFILL_REQUESTS a call, the walk under `history`.
+- Re-check (`recheck`): `comments?include=<ids>&per_page=100`; an id asked for and not returned is no
+  longer public (a deletion); comments read from a feed are errors while REST is still refused.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from .base import (
     NormalisedItem,
     Page,
     PermanentError,
+    Recheck,
     RejectedRaw,
     html_to_text,
     json_body,
@@ -71,6 +76,11 @@ REREAD = timedelta(hours=1)
 # newest 10 articles by default).
 MAX_FEED_ARTICLES_PER_RUN = 20
 POST_FIELDS = "id,date_gmt,guid,link,title,tags"
+# `collect --backfill` makes at most this many requests per call (100 articles or comments each: up to
+# about 5,000 comments); the cursor lets the next call resume.
+MAX_BACKFILL_REQUESTS = 50
+# The cursor key of the backfill walk (the polling keys are `rest` and `feeds`).
+HISTORY_KEY = "history"
 
 _POST_ID = re.compile(r"(?:^|&)p=(\d+)(?:&|$)")
 _COMMENT_GUID = re.compile(r"^(?P<post>.+)#comment-(?P<id>\d+)$")
@@ -287,6 +297,24 @@ def _later(a: str | None, b: str | None) -> str | None:
     return max(known)[1] if known else None
 
 
+def _stored_comment_id(external_id: str, raw: Any) -> tuple[int | None, bool]:
+    """(WordPress comment id, whether the comment was read from a comment feed) of a stored comment."""
+    from_feed = not isinstance(raw, dict) or feed.FEED_KEY in raw or not any(
+        key in raw for key in ("post", "date_gmt", "author_name"))
+    if not from_feed and _int(raw.get("id")) is not None:
+        return _int(raw["id"]), False
+    guid = _COMMENT_GUID.match(external_id)
+    return (int(guid.group("id")) if guid else None), from_feed
+
+
+def _same_whitespace(item: NormalisedItem, stored: Any) -> NormalisedItem:
+    """`item` with the stored HTML when the two differ only in surrounding whitespace: a comment feed's
+    HTML lacks the trailing newline of `content.rendered`, and that is not an edit."""
+    if isinstance(stored, NormalisedItem) and stored.html != item.html and stored.html.strip() == item.html.strip():
+        return replace(item, html=stored.html)
+    return item
+
+
 def _wp_error(response: requests.Response) -> tuple[str, str]:
     try:
         body = response.json()
@@ -357,7 +385,8 @@ class WordPressConnector:
             raise MalformedResponse(f"expected a list of {what} from {response.url}", raw=body)
         return body, response
 
-    def _tagged_articles(self, detail: dict) -> dict[int, _Article]:
+    def _tag_ids(self, detail: dict) -> dict[int, tuple[str, ...]]:
+        """{tag id: the tracked tags a comment under an article carrying it gets}, from `tags?slug=`."""
         tags, response = self._rest_list("tags", {"slug": ",".join(self.slugs), "per_page": PER_PAGE,
                                                   "_fields": "id,slug,name"}, "tags")
         wanted = {slug: slug for slug in self.slugs}
@@ -371,20 +400,31 @@ class WordPressConnector:
                 tag_ids[_int(tag["id"])] = self.slugs[slug]
         found = {wanted.get(t["slug"].casefold()) or wanted.get(unquote(t["slug"]).casefold()) for t in tags}
         detail["tags_missing"] = sorted(slug for slug in self.slugs if slug not in found)
+        return tag_ids
+
+    def _tagged_articles(self, detail: dict) -> dict[int, _Article]:
+        tag_ids = self._tag_ids(detail)
         if not tag_ids:
             return {}
         articles: dict[int, _Article] = {}
         for page_number in range(1, ARTICLE_PAGES + 1):
-            posts, response = self._rest_list("posts", {
-                "tags": ",".join(str(i) for i in sorted(tag_ids)), "per_page": PER_PAGE, "page": page_number,
-                "orderby": "date", "order": "desc", "_fields": POST_FIELDS,
-            }, "posts")
+            posts, last = self._tagged_posts_page(tag_ids, page_number)
             for post in posts:
                 self._add_article(articles, post, lambda p: self._post_tags(p, tag_ids))
-            total = _total_pages(response)
-            if not posts or (total is not None and page_number >= total) or (total is None and len(posts) < PER_PAGE):
+            if last:
                 break
         return articles
+
+    def _tagged_posts_page(self, tag_ids: dict[int, tuple[str, ...]], page_number: int,
+                           after: datetime | None = None) -> tuple[list, bool]:
+        """One page of the articles carrying the tags, newest first; and whether it is the last page."""
+        params = {"tags": ",".join(str(i) for i in sorted(tag_ids)), "per_page": PER_PAGE, "page": page_number,
+                  "orderby": "date", "order": "desc", "_fields": POST_FIELDS}
+        if after is not None:
+            params["after"] = _iso(after)
+        posts, response = self._rest_list("posts", params, "posts")
+        total = _total_pages(response)
+        return posts, not posts or (total is not None and page_number >= total) or (total is None and len(posts) < PER_PAGE)
 
     def _post_tags(self, post: dict, tag_ids: dict[int, tuple[str, ...]]) -> tuple[str, ...]:
         ids = post.get("tags")
@@ -490,26 +530,195 @@ class WordPressConnector:
         if since:
             params["after"] = _iso(since - REREAD)
         for page_number in range(1, budget + 1):
-            comments, response = self._rest_list("comments", {**params, "page": page_number}, "comments")
-            page = Page(fetched=len(comments))
-            newest: datetime | None = None
-            for comment in comments:
-                article = articles.get(_int(comment.get("post"))) if isinstance(comment, dict) else None
-                raw = comment
-                if article is not None:
-                    raw = {**comment, "_embedded": {**(comment.get("_embedded") or {}), "up": [article.post]}}
-                result = normalise_native(raw, hashtags=article.hashtags if article else self.tag_keys)
-                if isinstance(result, NormalisedItem):
-                    page.items.append(result)
-                    newest = max(newest or result.created_at, result.created_at)
-                elif isinstance(result, RejectedRaw):
-                    page.rejected.append(result)
-            total = _total_pages(response)
-            last = not comments or (total is not None and page_number >= total) or \
-                (total is None and len(comments) < PER_PAGE)
+            page, newest, last = self._comments_page(params, page_number, articles)
             yield page, _iso(newest) if newest else None, last
             if last:
                 return
+
+    def _comments_page(self, params: dict, page_number: int,
+                       articles: dict[int, _Article]) -> tuple[Page, datetime | None, bool]:
+        """One page of `comments` with `params`: (page, newest created_at on it, whether it is the last)."""
+        comments, response = self._rest_list("comments", {**params, "page": page_number}, "comments")
+        page = Page(fetched=len(comments))
+        newest: datetime | None = None
+        for comment in comments:
+            article = articles.get(_int(comment.get("post"))) if isinstance(comment, dict) else None
+            raw = comment
+            if article is not None:
+                raw = {**comment, "_embedded": {**(comment.get("_embedded") or {}), "up": [article.post]}}
+            result = normalise_native(raw, hashtags=article.hashtags if article else self.tag_keys)
+            if isinstance(result, NormalisedItem):
+                page.items.append(result)
+                newest = max(newest or result.created_at, result.created_at)
+            elif isinstance(result, RejectedRaw):
+                page.rejected.append(result)
+        total = _total_pages(response)
+        last = not comments or (total is not None and page_number >= total) or \
+            (total is None and len(comments) < PER_PAGE)
+        return page, newest, last
+
+    # -- backfill: walking back to a date --
+
+    def backfill(self, *, since: datetime, cursor: dict) -> Iterator[Page]:
+        """The comments written since `since` under the tag's articles published since then (in article
+        mode: under the article), at most MAX_BACKFILL_REQUESTS requests per call.
+
+        The walk's position is kept in the cursor under `history` (`since`, `posts_page`, `comments_page`),
+        the polling keys untouched; a finished walk leaves `history.backfilled_since`, and a later call for
+        the same date or a later one makes no request. Needs the REST API: comment feeds list only the
+        newest comments, so a refused REST API raises NeedsCredentials.
+        """
+        state = copy.deepcopy(cursor) if isinstance(cursor, dict) else {}
+        history = state.get(HISTORY_KEY) if isinstance(state.get(HISTORY_KEY), dict) else {}
+        done = _cursor_time(history.get("backfilled_since"))
+        if done is not None and done <= since:
+            return
+        wanted = _iso(since)
+        if history.get("since") != wanted or not all(
+                isinstance(history.get(key), int) and history[key] >= 1 for key in ("posts_page", "comments_page")):
+            history = {"since": wanted, "posts_page": 1, "comments_page": 1,
+                       **({"backfilled_since": history["backfilled_since"]} if done else {})}
+        state[HISTORY_KEY] = history
+        detail: dict = {}
+        self._rejected_posts = []
+        budget = MAX_BACKFILL_REQUESTS
+        try:
+            tag_ids = None if self.article_url else self._tag_ids(detail)
+            while budget > 0:
+                if self.article_url:
+                    articles, last_articles = self._single_article(), True
+                else:
+                    # `after` is exclusive to the second: an article published at `since` is included.
+                    posts, last_articles = self._tagged_posts_page(
+                        tag_ids, history["posts_page"], since - timedelta(seconds=1)) if tag_ids else ([], True)
+                    articles = {}
+                    for post in posts:
+                        self._add_article(articles, post, lambda p: self._post_tags(p, tag_ids))
+                budget -= 1
+                params = {"post": ",".join(str(i) for i in sorted(articles)), "per_page": PER_PAGE,
+                          "orderby": "date_gmt", "order": "asc",
+                          "after": _iso(since - timedelta(seconds=1))}
+                last_comments = not articles
+                while not last_comments and budget > 0:
+                    page, _newest, last_comments = self._comments_page(params, history["comments_page"], articles)
+                    budget -= 1
+                    page.items = [item for item in page.items if item.created_at >= since]
+                    history["comments_page"] = 1 if last_comments else history["comments_page"] + 1
+                    if last_comments:
+                        self._next_articles(history, last_articles)
+                    yield self._history_page(page, state, detail)
+                if not last_comments:
+                    return  # the budget ran out within this page of articles: the cursor says where
+                if not articles:
+                    self._next_articles(history, last_articles)
+                    yield self._history_page(Page(), state, detail)
+                if last_articles:
+                    return
+        except NeedsCredentials as exc:
+            raise NeedsCredentials(f"backfill reads the REST API, which {self.site} refuses ({exc}); its comment "
+                                   "feeds list only the newest comments") from None
+
+    @staticmethod
+    def _next_articles(history: dict, last_articles: bool) -> None:
+        """Move the walk past a page of articles whose comments are all read; finished after the last."""
+        if last_articles:
+            finished = history["since"]
+            history.clear()
+            history["backfilled_since"] = finished
+        else:
+            history["posts_page"] += 1
+            history["comments_page"] = 1
+
+    def _history_page(self, page: Page, state: dict, detail: dict) -> Page:
+        page.rejected[:0], self._rejected_posts = self._rejected_posts, []
+        page.cursor = copy.deepcopy(state)
+        page.health_detail = dict(detail)
+        return page
+
+    # -- re-checking stored comments --
+
+    def recheck(self, posts: list[tuple[str, dict]]) -> Iterator[Recheck]:
+        """Ask the REST API for the stored comments by id, `comments?include=<ids>&per_page=100` (100 a
+        request). A returned comment is its current version (an edit becomes a revision when stored); an
+        id asked for and not returned is no longer public (deleted, trashed, spam or unapproved, or its
+        article unpublished): a deletion. Comments read from a comment feed are asked for the same way;
+        while the REST API still refuses, they are errors (a feed lists only the newest comments, so it
+        cannot show a deletion). Raises NeedsCredentials (REST refused for comments read through it),
+        RateLimited, TemporaryError, PermanentError, MalformedResponse.
+        """
+        wanted: dict[int, tuple[str, dict, bool]] = {}
+        for external_id, raw in posts:
+            comment_id, from_feed = _stored_comment_id(external_id, raw)
+            if comment_id is None:
+                yield Recheck(external_id=external_id, error="no WordPress comment id in the stored comment")
+            elif comment_id in wanted:
+                yield Recheck(external_id=external_id, error=f"another stored comment has the id {comment_id}")
+            else:
+                wanted[comment_id] = (external_id, raw if isinstance(raw, dict) else {}, from_feed)
+        ids = list(wanted)
+        tag_ids: dict[int, tuple[str, ...]] | None = None
+        for start in range(0, len(ids), PER_PAGE):
+            chunk = ids[start:start + PER_PAGE]
+            try:
+                comments, response = self._rest_list("comments", {
+                    "include": ",".join(str(i) for i in chunk), "per_page": PER_PAGE}, "comments")
+            except NeedsCredentials as refused:
+                if not all(wanted[i][2] for i in chunk):
+                    raise
+                for comment_id in chunk:
+                    yield Recheck(external_id=wanted[comment_id][0], error=(
+                        f"collected from the comment feed; REST is blocked ({refused}), and a comment feed "
+                        "lists only the newest comments, so it cannot show a deletion"))
+                continue
+            returned = {_int(c.get("id")): c for c in comments if isinstance(c, dict) and _int(c.get("id")) in wanted}
+            complete = (_total_pages(response) or 1) <= 1 and len(comments) < PER_PAGE or len(chunk) == len(returned)
+            # Articles of comments read from a feed, as the REST API gives them (one request).
+            feed_posts = {_int(returned[i].get("post")) for i in chunk if i in returned and wanted[i][2]}
+            articles: dict[int, dict] = {}
+            if feed_posts - {None}:
+                found, _response = self._rest_list("posts", {
+                    "include": ",".join(str(i) for i in sorted(feed_posts - {None})), "per_page": PER_PAGE,
+                    "_fields": POST_FIELDS}, "posts")
+                articles = {_int(p.get("id")): p for p in found if isinstance(p, dict)}
+            if tag_ids is None and returned and self._needs_tag_ids():
+                tag_ids = self._tag_ids({})
+            for comment_id in chunk:
+                external_id, raw, from_feed = wanted[comment_id]
+                comment = returned.get(comment_id)
+                if comment is None:
+                    if complete:
+                        yield Recheck(external_id=external_id, deleted_reason=(
+                            f"no longer public on {self.site}: comments?include={comment_id} did not return it "
+                            "(deleted, trashed, marked as spam or unapproved, or its article unpublished)"))
+                    else:
+                        yield Recheck(external_id=external_id,
+                                      error="the REST API answered only part of the comments asked for")
+                    continue
+                post = articles.get(_int(comment.get("post"))) if from_feed else _embedded_post(raw)
+                if post is None:
+                    yield Recheck(external_id=external_id, error=f"the article of comment {comment_id} was not returned")
+                    continue
+                result = normalise_native({**comment, "_embedded": {**(comment.get("_embedded") or {}), "up": [post]}},
+                                          hashtags=self._recheck_hashtags(post, tag_ids or {}))
+                if isinstance(result, RejectedRaw):
+                    yield Recheck(external_id=external_id, error=result.reason)
+                elif isinstance(result, NormalisedItem) and result.external_id == external_id:
+                    if from_feed:
+                        result = _same_whitespace(result, normalise_native(raw, hashtags=result.hashtags))
+                    yield Recheck(external_id=external_id, item=result)
+                else:
+                    yield Recheck(external_id=external_id, error=(
+                        f"WordPress returned comment {comment_id} under another id "
+                        f"({result.external_id if isinstance(result, NormalisedItem) else 'none'})"))
+
+    def _needs_tag_ids(self) -> bool:
+        """Whether comments get different tags by their article's tags (several slugs, one tag each)."""
+        return not self.article_url and len(set(self.slugs.values())) > 1
+
+    def _recheck_hashtags(self, post: dict, tag_ids: dict[int, tuple[str, ...]]) -> tuple[str, ...]:
+        if self._needs_tag_ids():
+            return self._post_tags(post, tag_ids)
+        return self.tag_keys if self.article_url else next(iter(self.slugs.values()), self.tag_keys)
 
     # -- the feeds, when the REST API is refused --
 
