@@ -1,4 +1,5 @@
-"""The Disqus connector against responses built from the documented API 3.0 format, served on 127.0.0.1.
+"""The Disqus connector against responses built from the documented API 3.0 format, served on 127.0.0.1
+(threads/listPosts, forums/listPosts and posts/details).
 
 No public recordings of the Disqus API exist: tests/fixtures/disqus_thread_page_1.json and
 disqus_thread_page_2.json follow the example responses of threads/listPosts (envelope, cursor, post and
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from engagement import collect
-from engagement.models import Article, CollectionRun, Post, RejectedItem, Source
+from engagement.models import Article, CollectionRun, Post, PostRevision, RejectedItem, Source
 from engagement.sources.base import (
     HttpClient,
     HttpSettings,
@@ -29,6 +30,7 @@ from engagement.sources.base import (
     SourceConfig,
     TemporaryError,
 )
+from engagement.sources import disqus
 from engagement.sources.disqus import build, normalise_native
 from tests.conftest import wait_for
 from tests.upstream import FakeUpstream, Reply
@@ -65,6 +67,7 @@ class DisqusApi:
         self.headers: dict = {}
         for endpoint in ("threads/listPosts.json", "forums/listPosts.json"):
             upstream.routes[f"{PREFIX}/{endpoint}"] = self.handle
+        upstream.routes[f"{PREFIX}/posts/details.json"] = self.handle_details
 
     @property
     def url(self) -> str:
@@ -91,6 +94,21 @@ class DisqusApi:
         return Reply(200, {"cursor": {"prev": None, "hasNext": has_next, "next": token, "hasPrev": offset > 0,
                                       "total": None, "id": token, "more": has_next},
                            "code": 0, "response": chunk}, dict(self.headers))
+
+
+    def handle_details(self, path: str, query: dict) -> Reply:
+        """posts/details.json: the post as stored (deleted and spam posts keep their flags); error 2 for
+        an id it does not find, as Disqus answers an argument it cannot use."""
+        if self.override is not None:
+            return self.override
+        if query.get("api_key") != "test-key":
+            return Reply(400, {"code": 5, "response": "Invalid API key"})
+        found = next((p for p in self.posts if p["id"] == query.get("post")), None)
+        if found is None:
+            return Reply(400, {"code": 2, "response": f"Invalid argument, 'post': Unable to find post '{query.get('post')}'"})
+        if query.get("related") != "thread":
+            found = {**found, "thread": found["thread"]["id"]}
+        return Reply(200, {"code": 0, "response": found}, dict(self.headers))
 
 
 def serve_fixture_pages(upstream: FakeUpstream) -> None:
@@ -443,6 +461,161 @@ def test_html_on_a_later_page_fails_the_run_and_keeps_the_pages_stored_before(up
     assert "Bad gateway" in RejectedItem.objects.get(run=result).raw
     assert source.last_error_kind == Source.ErrorKind.MALFORMED and source.health == Source.Health.FAILING
     assert source.cursor["next"] == "1764002700000000:4:0"  # the next run retries only the failed page
+
+
+# --- re-checking stored comments, and backfill to a date -------------------------------------------
+
+RECHECK_NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)  # the fixture's comments are a day old
+
+
+def by_id(api: DisqusApi) -> dict[str, dict]:
+    return {p["id"]: p for p in api.posts}
+
+
+@pytest.mark.django_db
+def test_a_recheck_stores_an_edit_as_a_revision_and_deleted_spam_or_unapproved_posts_as_tombstones(
+        upstream, disqus_key, api_client):
+    api = DisqusApi(upstream, all_posts())
+    source = add_source(upstream)
+    assert run(source).new == 5
+    posts = by_id(api)
+    posts["6100000001"].update(message="<p>Hope the talks hold this week.</p>", raw_message="Hope the talks hold this week.",
+                               isEdited=True)
+    posts["6100000002"].update(isDeleted=True, message="", raw_message="")
+    posts["6100000004"]["isSpam"] = True
+    posts["6100000005"]["isApproved"] = False
+    upstream.requests.clear()
+    report = collect.recheck_source(source.pk, owner="test", now=RECHECK_NOW)
+    assert (report.checked, report.edited, report.deleted, report.errors, report.message) == (5, 1, 3, 0, "")
+    asked = upstream.requests_to(f"{PREFIX}/posts/details.json")
+    assert len(asked) == len(upstream.requests) == 5  # one request per post: the API has no batch by id
+    assert {seen.query["post"] for seen in asked} == {"6100000001", "6100000002", "6100000004", "6100000005", "6100000006"}
+    assert all(seen.query["related"] == "thread" and seen.query["api_key"] == "test-key" for seen in asked)
+    edited = Post.objects.get(external_id="6100000001")
+    assert edited.text == "Hope the talks hold this week." and edited.article.url == ARTICLE
+    assert [r.text for r in PostRevision.objects.filter(post=edited)] == ["Hope the talks hold this time."]
+    reasons = dict(Post.objects.filter(deleted_at__isnull=False).values_list("external_id", "deletion_reason"))
+    assert reasons == {"6100000002": "deleted on Disqus (isDeleted)", "6100000004": "marked as spam on Disqus (isSpam)",
+                       "6100000005": "no longer approved on Disqus (isApproved: false, held for moderation)"}
+    listed = {p["external_id"] for p in api_client.get("/api/v1/posts/", {"platform": "disqus"}).json()["results"]}
+    assert listed == {"6100000001", "6100000006"}
+    again = collect.recheck_source(source.pk, owner="test", now=RECHECK_NOW)
+    assert (again.checked, again.edited, again.deleted) == (2, 0, 0) and PostRevision.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_post_disqus_does_not_find_is_an_error_and_stays_stored(upstream, disqus_key):
+    api = DisqusApi(upstream, all_posts())
+    source = add_source(upstream)
+    run(source)
+    api.posts = [p for p in api.posts if p["id"] != "6100000006"]
+    report = collect.recheck_source(source.pk, owner="test", now=RECHECK_NOW)
+    assert (report.checked, report.edited, report.deleted, report.errors) == (5, 0, 0, 1)
+    assert Post.objects.filter(deleted_at__isnull=False).count() == 0
+
+
+@pytest.mark.django_db
+def test_a_spent_budget_during_a_recheck_keeps_what_was_read_and_rests_the_source(upstream, disqus_key):
+    api = DisqusApi(upstream, all_posts())
+    source = add_source(upstream)
+    run(source)
+    reset = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(minutes=30)
+    api.headers = {"X-Ratelimit-Remaining": "0", "X-Ratelimit-Reset": str(int(reset.timestamp()))}
+    by_id(api)["6100000001"]["isDeleted"] = True
+    upstream.requests.clear()
+    report = collect.recheck_source(source.pk, owner="test", now=RECHECK_NOW)
+    assert (report.checked, report.deleted) == (1, 1) and "X-Ratelimit-Remaining" in report.message
+    assert len(upstream.requests) == 1
+    source.refresh_from_db()
+    assert source.rate_limited_until == reset
+    assert Post.objects.filter(last_checked_at__isnull=False).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_rate_limit_error_during_a_recheck_stops_it(upstream, disqus_key):
+    api = DisqusApi(upstream, all_posts())
+    source = add_source(upstream)
+    run(source)
+    api.override = Reply(429, {"code": 13, "response": "You have exceeded the rate limit for this resource."},
+                         {"Retry-After": "900"})
+    upstream.requests.clear()
+    report = collect.recheck_source(source.pk, owner="test", now=RECHECK_NOW)
+    assert report.checked == 0 and "rate limit" in report.message and len(upstream.requests) == 1
+    source.refresh_from_db()
+    assert source.rate_limited_until > datetime.now(timezone.utc) + timedelta(minutes=14)
+
+
+@pytest.mark.django_db
+def test_a_recheck_reads_at_most_its_bound_of_posts_per_call(upstream, disqus_key, monkeypatch):
+    monkeypatch.setattr(disqus, "MAX_RECHECKS_PER_CALL", 2)
+    DisqusApi(upstream, all_posts())
+    source = add_source(upstream)
+    run(source)
+    upstream.requests.clear()
+    report = collect.recheck_source(source.pk, owner="test", now=RECHECK_NOW)
+    assert report.checked == 2 and len(upstream.requests) == 2
+    assert Post.objects.filter(last_checked_at__isnull=True).count() == 3  # first in line next time
+
+
+def forum_posts(days: int = 10) -> list[dict]:
+    """Two comments a day, at 08:00 and 20:00, from 2026-11-10."""
+    start = datetime(2026, 11, 10, 8, 0)
+    return [post(n, start + timedelta(hours=12 * n)) for n in range(2 * days)]
+
+
+@pytest.mark.django_db
+def test_backfill_walks_back_to_the_date_and_a_second_call_makes_no_request(upstream, disqus_key):
+    DisqusApi(upstream, forum_posts(), page_size=4)
+    source = add_source(upstream, forum="newsroom")
+    polling = {"since": "2026-11-19T20:00:00", "skipped_deleted": 0}
+    Source.objects.filter(pk=source.pk).update(cursor=polling)
+    since = datetime(2026, 11, 15, 12, 0, tzinfo=timezone.utc)
+    backfill = collect.backfill_source(source.pk, since=since, owner="test")
+    assert (backfill.outcome, backfill.pages, backfill.new) == (CollectionRun.Outcome.OK, 3, 9)
+    stored = sorted(Post.objects.values_list("created_at", flat=True))
+    assert stored[0] == datetime(2026, 11, 15, 20, 0, tzinfo=timezone.utc) and len(stored) == 9
+    asked = upstream.requests_to(f"{PREFIX}/forums/listPosts.json")
+    assert [seen.query.get("cursor") for seen in asked] == [None, "1764002700000000:4:0", "1764002700000000:8:0"]
+    assert all(seen.query["since"] == "2026-11-15T12:00:00" and seen.query["order"] == "asc" for seen in asked)
+    source.refresh_from_db()
+    assert source.cursor == {**polling, "history": {"backfilled_since": "2026-11-15T12:00:00"}}  # polling kept
+    before = len(upstream.requests)
+    again = collect.backfill_source(source.pk, since=since + timedelta(days=1), owner="test")
+    assert (again.pages, again.new) == (0, 0) and len(upstream.requests) == before
+    run(source)  # a poll keeps the finished walk
+    source.refresh_from_db()
+    assert source.cursor["history"] == {"backfilled_since": "2026-11-15T12:00:00"}
+
+
+@pytest.mark.django_db
+def test_a_backfill_stopped_by_its_bound_resumes_from_the_saved_disqus_cursor(upstream, disqus_key, monkeypatch):
+    monkeypatch.setattr(disqus, "MAX_BACKFILL_PAGES", 2)
+    DisqusApi(upstream, forum_posts(), page_size=4)
+    source = add_source(upstream, forum="newsroom")
+    since = datetime(2026, 11, 10, tzinfo=timezone.utc)
+    first = collect.backfill_source(source.pk, since=since, owner="test")
+    assert (first.pages, first.new) == (2, 8)
+    source.refresh_from_db()
+    assert source.cursor["history"] == {"since": "2026-11-10T00:00:00", "next": "1764002700000000:8:0"}
+    upstream.requests.clear()
+    collect.backfill_source(source.pk, since=since, owner="test")
+    assert upstream.requests[0].query["cursor"] == "1764002700000000:8:0"
+    collect.backfill_source(source.pk, since=since, owner="test")
+    source.refresh_from_db()
+    assert source.cursor["history"] == {"backfilled_since": "2026-11-10T00:00:00"}
+    assert Post.objects.count() == 20
+
+
+@pytest.mark.django_db
+def test_a_spent_budget_stops_the_backfill_and_rests_the_source(upstream, disqus_key):
+    api = DisqusApi(upstream, forum_posts(), page_size=4)
+    reset = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(minutes=20)
+    api.headers = {"X-Ratelimit-Remaining": "0", "X-Ratelimit-Reset": str(int(reset.timestamp()))}
+    source = add_source(upstream, forum="newsroom")
+    backfill = collect.backfill_source(source.pk, since=datetime(2026, 11, 10, tzinfo=timezone.utc), owner="test")
+    assert (backfill.pages, backfill.new) == (1, 4) and len(upstream.requests) == 1
+    source.refresh_from_db()
+    assert source.rate_limited_until == reset and source.cursor["history"]["next"] == "1764002700000000:4:0"
 
 
 # --- the real worker -------------------------------------------------------------------------------
