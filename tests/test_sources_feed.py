@@ -16,7 +16,7 @@ import feedparser
 import pytest
 
 from engagement import collect
-from engagement.models import Article, CollectionRun, Post, RejectedItem, Source
+from engagement.models import Article, CollectionRun, Post, PostRevision, RejectedItem, Source
 from engagement.sources import feed as feed_module
 from engagement.sources.base import (
     HttpClient,
@@ -29,6 +29,7 @@ from engagement.sources.base import (
 )
 from engagement.sources.feed import FeedConnector, normalise_native
 from tests.conftest import wait_for
+from tests.feed_fake import Comment, CommentFeed
 from tests.upstream import Reply
 from tests.wordpress_fake import capture_request_headers
 
@@ -382,3 +383,158 @@ def test_beat_and_a_worker_collect_a_comment_feed_into_the_api(
     assert any(seen.get("if-none-match") == '"v1"' for seen in log.seen)
     assert Post.objects.filter(platform="feed").count() == 3
     assert worker.proc.poll() is None
+
+
+# --- backfill and re-check (tests/feed_fake.py) ----------------------------------------------------
+
+
+def hourly(n: int) -> datetime:
+    return datetime(2026, 11, 1, tzinfo=timezone.utc) + timedelta(hours=n)
+
+
+def comments(ids) -> list[Comment]:
+    return [Comment(id=n, published=hourly(n), text=f"Comment {n} on the talks") for n in ids]
+
+
+def guid(n: int) -> str:
+    return f"https://news.example/?p=123#comment-{n}"
+
+
+def stored_ids() -> set[int]:
+    return {int(external_id.rsplit("-", 1)[1]) for external_id in Post.objects.values_list("external_id", flat=True)}
+
+
+@pytest.mark.django_db
+def test_backfill_follows_rfc5005_next_links_back_to_the_date_and_a_second_call_makes_no_request(upstream):
+    feed = CommentFeed(upstream, comments(range(1, 26)), per_page=10, paging="next")
+    source = add_source(feed.url)
+    run(source)  # polling: the newest 10 and the feed's ETag
+    source.refresh_from_db()
+    polled = dict(source.cursor)
+    upstream.requests.clear()
+    backfill = collect.backfill_source(source.pk, since=hourly(8), owner="test")
+    assert (backfill.outcome, backfill.pages, backfill.fetched, backfill.new) == (CollectionRun.Outcome.OK, 2, 20, 8)
+    assert stored_ids() == set(range(8, 26))
+    assert [seen.query for seen in upstream.requests] == [{}, {"page": "2"}]
+    assert "if-none-match" not in upstream.requests[0].headers  # read whole, whatever polling has seen
+    source.refresh_from_db()
+    assert source.cursor == {**polled, "backfilled_since": hourly(8).isoformat()}
+    again = collect.backfill_source(source.pk, since=hourly(8), owner="test")
+    assert (again.outcome, again.pages) == (CollectionRun.Outcome.OK, 0) and len(upstream.requests) == 2
+    run(source)  # a 304: polling keeps the finished walk
+    source.refresh_from_db()
+    assert source.cursor == {**polled, "backfilled_since": hourly(8).isoformat()}
+
+
+@pytest.mark.django_db
+def test_backfill_follows_prev_archive_links_of_an_archived_atom_feed(upstream):
+    feed = CommentFeed(upstream, comments(range(1, 31)), per_page=10, paging="archive")
+    source = add_source(feed.url)
+    backfill = collect.backfill_source(source.pk, since=hourly(1), owner="test")
+    assert (backfill.outcome, backfill.pages, backfill.new) == (CollectionRun.Outcome.OK, 3, 30)
+    assert [seen.path for seen in upstream.requests] == ["/comments/feed", "/archive/2.atom", "/archive/1.atom"]
+
+
+@pytest.mark.django_db
+def test_backfill_is_bounded_per_call_and_the_next_call_resumes_at_the_saved_link(upstream, monkeypatch):
+    monkeypatch.setattr(feed_module, "MAX_BACKFILL_PAGES", 1)
+    feed = CommentFeed(upstream, comments(range(1, 26)), per_page=10, paging="next")
+    source = add_source(feed.url)
+    first = collect.backfill_source(source.pk, since=hourly(1), owner="test")
+    source.refresh_from_db()
+    assert first.pages == 1 and source.cursor == {"backfill_next": f"{feed.url}/?page=2"}
+    pages = [collect.backfill_source(source.pk, since=hourly(1), owner="test").pages for _ in range(3)]
+    assert pages == [1, 1, 0] and stored_ids() == set(range(1, 26))
+    assert [seen.query for seen in upstream.requests] == [{}, {"page": "2"}, {"page": "3"}]
+
+
+@pytest.mark.django_db
+def test_backfill_of_a_feed_without_paging_reads_it_once_and_says_it_holds_only_its_latest_entries(upstream):
+    # Like WordPress: the newest 10 comments, no RFC 5005 links.
+    feed = CommentFeed(upstream, comments(range(1, 26)), per_page=10)
+    source = add_source(feed.url)
+    backfill = collect.backfill_source(source.pk, since=hourly(1), owner="test")
+    assert (backfill.outcome, backfill.pages, backfill.new) == (CollectionRun.Outcome.FAILED, 1, 10)
+    assert stored_ids() == set(range(16, 26))
+    assert f"the feed holds only its latest entries (back to {hourly(16).isoformat()})" in backfill.message
+    assert "cannot be backfilled" in backfill.message
+    again = collect.backfill_source(source.pk, since=hourly(1), owner="test")
+    assert again.outcome == CollectionRun.Outcome.FAILED and "holds only its latest entries" in again.message
+    assert len(upstream.requests) == 1
+    # A date the feed does reach back to is a complete backfill.
+    assert collect.backfill_source(source.pk, since=hourly(20), owner="test").outcome == CollectionRun.Outcome.OK
+
+
+def test_a_rate_limit_during_backfill_raises_like_fetch(upstream):
+    feed = CommentFeed(upstream, comments(range(1, 3)))
+    feed.override = Reply(429, "slow down", {"Retry-After": "90"})
+    with pytest.raises(RateLimited) as caught:
+        list(connector(feed.url).backfill(since=hourly(0), cursor={}))
+    assert caught.value.until == NOW + timedelta(seconds=90)
+
+
+@pytest.fixture
+def recheck_window(settings):
+    settings.ENGAGEMENT_RECHECK_DAYS = 100_000  # the built comments are dated November 2026
+
+
+@pytest.mark.django_db
+def test_a_recheck_stores_an_edit_as_a_revision_and_a_comment_gone_from_a_covering_feed_as_a_tombstone(
+        upstream, api_client, recheck_window):
+    feed = CommentFeed(upstream, comments(range(1, 9)), per_page=5)
+    source = add_source(feed.url)
+    assert run(source).new == 5  # 4 ... 8
+    feed.comments = [c for c in feed.comments if c.id != 6]
+    next(c for c in feed.comments if c.id == 7).text = "Comment 7, corrected"
+    upstream.requests.clear()
+    report = collect.recheck_source(source.pk, owner="test")
+    assert (report.checked, report.edited, report.deleted, report.errors) == (5, 1, 1, 0)
+    assert len(upstream.requests) == 1 and "if-none-match" not in upstream.requests[0].headers
+    deleted = Post.objects.get(external_id=guid(6))
+    assert deleted.deleted_at is not None
+    assert deleted.deletion_reason == (
+        f"deleted upstream (gone from the feed, which lists every entry back to {hourly(3).isoformat()})")
+    revision = PostRevision.objects.get()
+    assert (revision.post.external_id, revision.text, revision.post.text) == (
+        guid(7), "Comment 7 on the talks", "Comment 7, corrected")
+    listed = {post["external_id"] for post in api_client.get("/api/v1/posts/").json()["results"]}
+    assert listed == {guid(n) for n in (4, 5, 7, 8)}
+    again = collect.recheck_source(source.pk, owner="test")
+    assert (again.checked, again.edited, again.deleted) == (4, 0, 0) and PostRevision.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_comment_that_dropped_off_the_end_of_the_feed_cannot_be_told_deleted(upstream, recheck_window):
+    feed = CommentFeed(upstream, comments(range(1, 9)), per_page=5)
+    source = add_source(feed.url)
+    run(source)  # 4 ... 8
+    feed.comments += comments(range(9, 12))  # the feed now holds 7 ... 11
+    report = collect.recheck_source(source.pk, owner="test")
+    assert (report.checked, report.edited, report.deleted, report.errors) == (5, 0, 0, 3)
+    assert Post.objects.alive().count() == 5
+
+
+@pytest.mark.django_db
+def test_a_feed_that_is_not_newest_first_cannot_tell_a_deletion(upstream, recheck_window):
+    feed = CommentFeed(upstream, comments(range(1, 6)), per_page=5)
+    source = add_source(feed.url)
+    run(source)
+    feed.comments = [c for c in feed.comments if c.id != 3]
+    feed.unordered = True
+    report = collect.recheck_source(source.pk, owner="test")
+    assert (report.checked, report.deleted, report.errors) == (5, 0, 1)
+    assert Post.objects.alive().count() == 5
+
+
+@pytest.mark.django_db
+def test_a_rate_limit_during_a_recheck_stops_it_and_blocks_the_source(upstream, recheck_window):
+    feed = CommentFeed(upstream, comments(range(1, 4)))
+    source = add_source(feed.url)
+    run(source)
+    feed.override = Reply(429, "slow down", {"Retry-After": "300"})
+    upstream.requests.clear()
+    report = collect.recheck_source(source.pk, owner="test")
+    assert report.checked == 0 and "429" in report.message
+    source.refresh_from_db()
+    assert source.rate_limited_until > datetime.now(timezone.utc) + timedelta(seconds=250)
+    assert len(upstream.requests) == 1 and Post.objects.alive().count() == 3

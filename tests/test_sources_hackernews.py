@@ -13,9 +13,10 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from django.utils import timezone as dj_timezone
 
 from engagement import collect
-from engagement.models import Article, CollectionRun, Post, RejectedItem, Source
+from engagement.models import Article, CollectionRun, Post, PostRevision, RejectedItem, Source
 from engagement.sources import hackernews as hn
 from engagement.sources.base import (
     HttpClient,
@@ -522,3 +523,197 @@ def test_the_worker_collects_hacker_news_into_the_api_and_a_second_run_adds_noth
     assert all(run.new == 0 for run in later)
     assert Post.objects.filter(platform="hackernews").count() == 2
     assert worker.proc.poll() is None
+
+
+# --- backfill and re-check -------------------------------------------------------------------------
+# The recording has no deleted item. Deleted items are built from what algolia/hn-search's own code
+# serves: `/api/v1/items/<id>` looks items up with `Item.where(deleted: false).find(id)` (a 404 for a
+# deleted one; Rails' JSON error body), and ItemSerializer gives deleted or dead items as their `id` and
+# `children` only.
+ITEMS = "/api/v1/items/"
+NOT_FOUND = {"status": 404, "error": "Not Found"}
+
+
+class ItemsApi:
+    """`/api/v1/items/<id>`: the items API's form of each hit (text wrapped as hn-search does), or the
+    reply set in `replies`."""
+
+    def __init__(self, upstream, hits: list[dict]):
+        self.items = {int(hit["objectID"]): item_of(hit) for hit in hits}
+        self.replies: dict[int, Reply] = {}
+        upstream.prefix_routes.append((ITEMS, self.handle))
+
+    def handle(self, path: str, query: dict) -> Reply:
+        ident = int(path.rsplit("/", 1)[1])
+        if ident in self.replies:
+            return self.replies[ident]
+        return Reply(200, self.items[ident]) if ident in self.items else Reply(404, NOT_FOUND)
+
+
+def item_of(hit: dict) -> dict:
+    """A search hit as the items API serves it (hn-search's ItemSerializer)."""
+    comment = "comment" in hit["_tags"]
+    text = hit.get("comment_text") if comment else hit.get("story_text")
+    item = {"id": int(hit["objectID"]), "created_at": hit["created_at"], "created_at_i": hit["created_at_i"],
+            "type": "comment" if comment else "story", "author": hit["author"],
+            "text": f"<p>{text.replace('<p>', '</p><p>')}</p>" if text else text, "points": hit.get("points"),
+            "children": []}
+    if comment:
+        item.update(parent_id=hit["parent_id"], story_id=hit["story_id"])
+    else:
+        item.update(title=hit["title"], url=hit["url"])
+    return item
+
+
+def recent(hours: float) -> int:
+    return int((dj_timezone.now() - timedelta(hours=hours)).timestamp())
+
+
+def test_the_recorded_item_of_the_items_api_is_no_edit_of_the_same_comment_stored_from_search(upstream, recorded):
+    # The items API wraps text in <p> (hn-search's serializer); search hits keep HN's own markup.
+    item17 = recorded_reply(recorded, "/api/v1/items/17")
+    stored = {"objectID": "17", "comment_text": "Is there anywhere to eat on Sandhill Road?", "author": "pg",
+              "created_at": item17["created_at"], "created_at_i": item17["created_at_i"], "points": 5,
+              "parent_id": 15, "story_id": 1, "story_title": "Y Combinator", "_tags": ["comment", "story_1"]}
+    upstream.prefix_routes.append((ITEMS, lambda path, query: Reply(200, item17)))
+    (result,) = connector(upstream, "Sandhill").recheck([(hn.ITEM_URL.format(17), stored)])
+    assert result.item == hn.normalise_native(stored, hashtags=("Sandhill",))
+    assert [seen.path for seen in upstream.requests] == ["/api/v1/items/17"]
+
+
+@pytest.mark.django_db
+def test_a_recheck_stores_an_edit_as_a_revision_and_deleted_or_dead_items_as_tombstones(
+        upstream, templates, api_client):
+    story = make_story(templates, 1, at=recent(5))
+    edited, deleted, dead = (make_comment(templates, n, story=story, at=recent(5 - n)) for n in (1, 2, 3))
+    Algolia(upstream, [story, edited, deleted, dead])
+    source = register(upstream)
+    assert run(source).new == 4
+    items = ItemsApi(upstream, [story, edited, deleted, dead])
+    items.items[int(edited["objectID"])]["text"] = f"<p>Corrected: {TAG} resumes on Monday</p>"
+    del items.items[int(deleted["objectID"])]
+    items.items[int(dead["objectID"])] = {"id": int(dead["objectID"]), "children": []}
+    report = collect.recheck_source(source.pk, owner="test")
+    assert (report.checked, report.edited, report.deleted, report.errors) == (4, 1, 2, 0)
+    assert len(upstream.requests_to(ITEMS)) == 4
+    revision = PostRevision.objects.get()
+    assert revision.post.external_id == hn.ITEM_URL.format(edited["objectID"])
+    assert revision.text == f"Reply 1 about {TAG} & more"
+    assert revision.post.text == f"Corrected: {TAG} resumes on Monday"
+    gone = {post.external_id: post for post in Post.objects.filter(deleted_at__isnull=False)}
+    assert gone[hn.ITEM_URL.format(deleted["objectID"])].deletion_reason == "deleted upstream (404 from the HN items API)"
+    assert "dead" in gone[hn.ITEM_URL.format(dead["objectID"])].deletion_reason
+    listed = {post["external_id"] for post in api_posts(api_client)}
+    assert listed == {hn.ITEM_URL.format(story["objectID"]), hn.ITEM_URL.format(edited["objectID"])}
+    again = collect.recheck_source(source.pk, owner="test")
+    assert (again.checked, again.edited, again.deleted) == (2, 0, 0) and PostRevision.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_recheck_that_cannot_tell_reports_errors_and_deletes_nothing(upstream, templates):
+    stories = [make_story(templates, n, at=recent(n)) for n in (1, 2, 3)]
+    Algolia(upstream, stories)
+    source = register(upstream)
+    run(source)
+    items = ItemsApi(upstream, stories)
+    items.replies[int(stories[0]["objectID"])] = Reply(500, {"status": 500, "error": "Internal Server Error"})
+    items.replies[int(stories[1]["objectID"])] = Reply(404, "<html>Not here</html>", {"Content-Type": "text/html"})
+    items.replies[int(stories[2]["objectID"])] = Reply(200, {"id": 1, "author": "pg", "text": "another"})
+    report = collect.recheck_source(source.pk, owner="test")
+    assert (report.checked, report.edited, report.deleted, report.errors) == (3, 0, 0, 3)
+    assert Post.objects.alive().count() == 3 and len(upstream.requests_to(ITEMS)) == 3
+
+
+@pytest.mark.django_db
+def test_a_service_that_keeps_failing_stops_the_recheck(upstream, templates):
+    stories = [make_story(templates, n, at=recent(n)) for n in range(1, 6)]
+    Algolia(upstream, stories)
+    source = register(upstream)
+    run(source)
+    upstream.prefix_routes.insert(0, (ITEMS, lambda path, query: Reply(502, "Bad gateway")))
+    report = collect.recheck_source(source.pk, owner="test")
+    assert (report.checked, report.errors) == (2, 2) and "3 items in a row" in report.message
+    assert len(upstream.requests_to(ITEMS)) == hn.MAX_SERVER_ERRORS_IN_A_ROW
+
+
+@pytest.mark.django_db
+def test_a_rate_limit_during_a_recheck_stops_it_and_blocks_the_source(upstream, templates):
+    stories = [make_story(templates, n, at=recent(n)) for n in (1, 2)]
+    Algolia(upstream, stories)
+    source = register(upstream)
+    run(source)
+    upstream.prefix_routes.insert(0, (ITEMS, lambda path, query: Reply(429, {"message": "Too many"},
+                                                                         {"Retry-After": "300"})))
+    report = collect.recheck_source(source.pk, owner="test")
+    assert report.checked == 0 and "429" in report.message
+    source.refresh_from_db()
+    assert source.rate_limited_until > dj_timezone.now() + timedelta(seconds=250)
+    assert len(upstream.requests_to(ITEMS)) == 1
+    assert Post.objects.filter(last_checked_at__isnull=False).count() == 0
+
+
+def start_of(day: int) -> int:
+    return int(datetime(2026, 10, day, tzinfo=timezone.utc).timestamp())
+
+
+@pytest.mark.django_db
+def test_backfill_walks_back_to_the_date_and_a_second_call_makes_no_request(upstream, templates):
+    # 300 stories, one an hour from 1 October; polling has covered the newest 50 and `since` is the newest.
+    stories = [make_story(templates, n, at=start_of(1) + n * 3600) for n in range(300)]
+    Algolia(upstream, stories)
+    source = register(upstream)
+    polled = {"ukrainepeacetalks": {"since": stories[-1]["created_at_i"]}}
+    Source.objects.filter(pk=source.pk).update(cursor=polled)
+    since = datetime.fromtimestamp(stories[100]["created_at_i"], tz=timezone.utc)
+    backfill = collect.backfill_source(source.pk, since=since, owner="test")
+    assert (backfill.outcome, backfill.pages, backfill.fetched, backfill.new) == (CollectionRun.Outcome.OK, 2, 200, 200)
+    stored = sorted(Post.objects.values_list("created_at", flat=True))
+    assert stored[0] == since and len(stored) == 200
+    asked = [seen.query for seen in upstream.requests_to(SEARCH)]
+    assert [(q["numericFilters"], q["page"]) for q in asked] == [
+        (f"created_at_i>={stories[100]['created_at_i']},created_at_i<{stories[-1]['created_at_i'] + 1}", "0"),
+        (f"created_at_i>={stories[100]['created_at_i']},created_at_i<{stories[-1]['created_at_i'] + 1}", "1")]
+    source.refresh_from_db()
+    assert source.cursor == {"ukrainepeacetalks": {"since": stories[-1]["created_at_i"],
+                                                   "backfilled_since": stories[100]["created_at_i"]}}
+    again = collect.backfill_source(source.pk, since=since, owner="test")
+    assert (again.outcome, again.pages) == (CollectionRun.Outcome.OK, 0)
+    assert len(upstream.requests_to(SEARCH)) == 2
+    # Polling keeps the finished walk; a walk further back starts where this one ended.
+    run(source)
+    source.refresh_from_db()
+    assert source.cursor["ukrainepeacetalks"]["backfilled_since"] == stories[100]["created_at_i"]
+    upstream.requests.clear()
+    earlier = datetime.fromtimestamp(stories[50]["created_at_i"], tz=timezone.utc)
+    assert collect.backfill_source(source.pk, since=earlier, owner="test").new == 50
+    assert [seen.query["numericFilters"] for seen in upstream.requests_to(SEARCH)] == [
+        f"created_at_i>={stories[50]['created_at_i']},created_at_i<{stories[100]['created_at_i']}"]
+
+
+@pytest.mark.django_db
+def test_backfill_is_bounded_per_call_and_the_next_call_resumes_past_algolias_pagination_limit(
+        upstream, templates, monkeypatch):
+    monkeypatch.setattr(hn, "MAX_BACKFILL_PAGES", 2)
+    stories = [make_story(templates, n, at=start_of(1) + n * 3600) for n in range(450)]
+    Algolia(upstream, stories, pagination_limit=300)
+    source = register(upstream)
+    since = datetime.fromtimestamp(stories[0]["created_at_i"], tz=timezone.utc)
+    calls = []
+    while len(calls) < 5:
+        calls.append(collect.backfill_source(source.pk, since=since, owner="test"))
+        source.refresh_from_db()
+        if "backfill_before" not in source.cursor["ukrainepeacetalks"]:
+            break
+    assert [call.pages for call in calls] == [2, 2, 1]
+    assert Post.objects.count() == 450
+    pages = [(seen.query["numericFilters"].split(",")[1], seen.query["page"]) for seen in upstream.requests_to(SEARCH)]
+    below = f"created_at_i<{stories[150]['created_at_i'] + 1}"  # the oldest hit of the first 300 reachable
+    assert pages[2:] == [(pages[0][0], "2"), (below, "0"), (below, "1")]
+    assert source.cursor == {"ukrainepeacetalks": {"backfilled_since": stories[0]["created_at_i"]}}
+
+
+def test_a_rate_limit_during_backfill_raises_like_fetch(upstream):
+    Algolia(upstream).override = Reply(429, {"message": "Too many requests"}, {"Retry-After": "60"})
+    with pytest.raises(RateLimited) as caught:
+        list(connector(upstream).backfill(since=NOW - timedelta(days=60), cursor={}))
+    assert caught.value.until == NOW + timedelta(seconds=60)

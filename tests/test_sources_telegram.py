@@ -17,7 +17,7 @@ import requests
 from django.utils import timezone as django_timezone
 
 from engagement import collect
-from engagement.models import CollectionRun, Post, RejectedItem, Source
+from engagement.models import CollectionRun, Post, PostRevision, RejectedItem, Source
 from engagement.sources.base import (
     MAX_ITEM_HTML_CHARS,
     HttpClient,
@@ -30,6 +30,7 @@ from engagement.sources.base import (
     RejectedRaw,
     TemporaryError,
 )
+from engagement.sources import telegram
 from engagement.sources.telegram import (
     BACKFILL_PAGES,
     MAX_PAGES_PER_RUN,
@@ -685,3 +686,138 @@ def test_the_worker_collects_tagged_messages_into_the_api_and_its_next_run_adds_
     assert Post.objects.filter(platform="telegram").count() == 4
     assert any(seen.query.get("after") == "509" for seen in upstream.requests)
     assert worker.proc.poll() is None
+
+
+# --- backfill and re-check -------------------------------------------------------------------------
+
+
+def dated_channel(upstream, ids, *, when) -> TelegramChannel:
+    """A channel whose messages (all tagged) carry the dates `when(n)` gives."""
+    channel = TelegramChannel(upstream)
+    channel.blocks = {n: message(n, when=when(n)) for n in ids}
+    return channel
+
+
+def hours_ago(n: int) -> datetime:
+    return django_timezone.now() - timedelta(hours=200 - n)  # higher ids are newer, all within the week
+
+
+def edited_mark(block: str) -> str:
+    # How t.me marks an edited message: "edited" before the date link in .tgme_widget_message_meta.
+    return block.replace('<span\n                                    class="tgme_widget_message_meta">',
+                         '<span\n                                    class="tgme_widget_message_meta">edited &nbsp;')
+
+
+def test_a_recheck_of_the_recorded_page_reads_ids_in_its_range_and_cannot_tell_below_it(upstream, recorded_page):
+    # The recorded page was asked for below 71009 and shows 70989 ... 71008 with gaps.
+    upstream.routes["/s/topwar_official"] = lambda path, query: Reply(
+        200, recorded_page if query == {"before": "71009"} else NO_RESULTS, HTML)
+    stored = [f"https://t.me/topwar_official/{n}" for n in (71008, 71004, 70991, 70980)]
+    results = {r.external_id.rsplit("/", 1)[1]: r for r in
+               connector(upstream, channel="topwar_official").recheck([(url, {}) for url in stored])}
+    assert results["71008"].item.external_id == stored[0] and results["71008"].item.text
+    assert results["71004"].deleted_reason == results["70991"].deleted_reason == (
+        "deleted upstream (missing from the channel preview, which shows messages 70989 to 71008)")
+    assert "cannot tell" in results["70980"].error and not results["70980"].deleted_reason
+    assert [seen.query for seen in upstream.requests] == [{"before": "71009"}, {"before": "70981"}]
+
+
+def test_a_stored_post_of_another_channel_is_an_error_and_asks_nothing(upstream):
+    TelegramChannel(upstream, {1: tagged_text(1)})
+    (result,) = connector(upstream).recheck([("https://t.me/otherchannel/1", {})])
+    assert (result.error, result.deleted_reason, result.item) == ("not a message of the channel peacewatch", "", None)
+    assert upstream.requests == []
+
+
+@pytest.mark.django_db
+def test_a_recheck_stores_an_edit_as_a_revision_and_a_missing_message_as_a_tombstone(upstream, api_client):
+    channel = dated_channel(upstream, range(101, 106), when=hours_ago)
+    source = add_source(upstream)
+    assert collect.run_source(source.pk, owner="test").run.new == 5
+    upstream.requests.clear()
+    del channel.blocks[102]
+    channel.blocks[103] = edited_mark(message(103, text=f"Report 103, corrected #{TAG}", when=hours_ago(103)))
+    report = collect.recheck_source(source.pk, owner="test")
+    assert (report.checked, report.edited, report.deleted, report.errors) == (5, 1, 1, 0)
+    assert [seen.query for seen in upstream.requests] == [{"before": "106"}]
+    deleted = Post.objects.get(external_id="https://t.me/peacewatch/102")
+    assert deleted.deleted_at is not None
+    assert deleted.deletion_reason == ("deleted upstream (missing from the channel preview, which shows "
+                                       "messages 101 to 105)")
+    revision = PostRevision.objects.get()
+    assert revision.post.external_id == "https://t.me/peacewatch/103"
+    assert revision.text.startswith("Report number 103") and revision.post.text == f"Report 103, corrected #{TAG}"
+    assert "edited" in revision.post.raw["html"]
+    listed = {post["external_id"] for post in api_client.get("/api/v1/posts/").json()["results"]}
+    assert listed == {f"https://t.me/peacewatch/{n}" for n in (101, 103, 104, 105)}
+    again = collect.recheck_source(source.pk, owner="test")
+    assert (again.checked, again.edited, again.deleted) == (4, 0, 0) and PostRevision.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_recheck_that_cannot_reach_stored_ids_reports_errors_and_deletes_nothing(upstream, monkeypatch):
+    monkeypatch.setattr(telegram, "MAX_RECHECK_PAGES", 1)
+    dated_channel(upstream, range(101, 131), when=hours_ago)
+    source = add_source(upstream)
+    assert collect.run_source(source.pk, owner="test").run.new == 30
+    upstream.requests.clear()
+    report = collect.recheck_source(source.pk, owner="test")
+    # One page shows the 20 newest (111 ... 130); 101 ... 110 lie below it.
+    assert (report.checked, report.edited, report.deleted, report.errors) == (30, 0, 0, 10)
+    assert Post.objects.alive().count() == 30 and len(upstream.requests) == 1
+
+
+@pytest.mark.django_db
+def test_a_rate_limit_during_a_recheck_stops_it_and_blocks_the_source(upstream):
+    channel = dated_channel(upstream, (101, 102), when=hours_ago)
+    source = add_source(upstream)
+    collect.run_source(source.pk, owner="test")
+    upstream.requests.clear()
+    channel.override = Reply(429, "Too Many Requests", {"Retry-After": "300", **HTML})
+    report = collect.recheck_source(source.pk, owner="test")
+    assert report.checked == 0 and "429" in report.message
+    source.refresh_from_db()
+    assert source.rate_limited_until > django_timezone.now() + timedelta(seconds=250)
+    assert len(upstream.requests) == 1 and Post.objects.alive().count() == 2
+
+
+def hourly(n: int) -> datetime:
+    return datetime(2026, 10, 1, tzinfo=timezone.utc) + timedelta(hours=n)
+
+
+@pytest.mark.django_db
+def test_backfill_walks_back_to_the_date_and_a_second_call_makes_no_request(upstream):
+    dated_channel(upstream, range(1, 61), when=hourly)
+    source = add_source(upstream)
+    Source.objects.filter(pk=source.pk).update(cursor={"ukrainepeacetalks": {"newest_id": 60}})
+    backfill = collect.backfill_source(source.pk, since=hourly(15), owner="test")
+    assert (backfill.outcome, backfill.pages, backfill.fetched, backfill.new) == (CollectionRun.Outcome.OK, 3, 60, 46)
+    assert min(Post.objects.values_list("created_at", flat=True)) == hourly(15)
+    assert [seen.query for seen in upstream.requests] == [
+        {"q": f"#{TAG}", "before": before} for before in ("61", "41", "21")]
+    source.refresh_from_db()
+    assert source.cursor == {"ukrainepeacetalks": {"newest_id": 60, "backfilled_since": hourly(15).isoformat()}}
+    again = collect.backfill_source(source.pk, since=hourly(15), owner="test")
+    assert (again.outcome, again.pages) == (CollectionRun.Outcome.OK, 0) and len(upstream.requests) == 3
+    collect.run_source(source.pk, owner="test")  # polling keeps the finished walk
+    source.refresh_from_db()
+    assert source.cursor["ukrainepeacetalks"]["backfilled_since"] == hourly(15).isoformat()
+
+
+@pytest.mark.django_db
+def test_backfill_is_bounded_per_call_and_the_next_call_resumes_below_the_last_page(upstream, monkeypatch):
+    monkeypatch.setattr(telegram, "MAX_BACKFILL_PAGES", 1)
+    dated_channel(upstream, range(1, 51), when=hourly)
+    source = add_source(upstream)
+    pages = [collect.backfill_source(source.pk, since=hourly(0), owner="test").pages for _ in range(4)]
+    assert pages == [1, 1, 1, 0]
+    assert [seen.query for seen in upstream.requests] == [
+        {"q": f"#{TAG}"}, {"q": f"#{TAG}", "before": "31"}, {"q": f"#{TAG}", "before": "11"}]
+    assert Post.objects.count() == 50
+
+
+def test_a_rate_limit_during_backfill_raises_like_fetch(upstream):
+    TelegramChannel(upstream, {1: tagged_text(1)}).override = Reply(429, "", {"Retry-After": "120", **HTML})
+    with pytest.raises(RateLimited) as caught:
+        list(connector(upstream).backfill(since=NOW - timedelta(days=30), cursor={}))
+    assert caught.value.until == NOW + timedelta(seconds=120)

@@ -21,6 +21,17 @@ any RSS 2.0 or Atom feed whose entries are comments).
 - Errors: 429 and a 503 with Retry-After wait until then; other 5xx and timeouts are temporary;
   401/403 need credentials this connector does not have; 404 and other 4xx are permanent; a body that
   feedparser cannot read as a feed at all raises MalformedResponse with the text received.
+- Backfill: a feed holds only its latest entries. When it has RFC 5005 links to older entries (a paged
+  feed's `rel="next"`, an archived feed's `rel="prev-archive"`), they are followed back to `since`, at
+  most MAX_BACKFILL_PAGES documents per call, the next one kept in the cursor as `backfill_next`. Without
+  them the feed is read once (unconditionally); when its entries do not reach back to `since` the run
+  fails with FeedHistoryUnavailable saying so. WordPress comment feeds have no such links, and `?paged=N`
+  does not page them: WP_Query builds comment-feed queries with `LIMIT <posts_per_rss>` and no offset.
+- Re-check: the feed is read again unconditionally (no If-None-Match / If-Modified-Since). A stored entry
+  still in it is an item (the store keeps the old text as a revision when it changed). A stored entry
+  missing from it is a deletion only when the feed clearly covers its time: the feed lists its entries
+  newest first and the stored entry is newer than the feed's oldest entry. Otherwise it is an error
+  (cannot tell): an entry older than what the feed holds has merely dropped off the end.
 """
 
 from __future__ import annotations
@@ -48,10 +59,12 @@ from .base import (
     Page,
     PermanentError,
     RateLimited,
+    Recheck,
     RejectedRaw,
     check_status,
     html_to_text,
     normalise_tag,
+    parse_timestamp,
     retry_after,
     sanitise_html,
 )
@@ -73,6 +86,12 @@ _SITE_TITLE = re.compile(r"^Comment on (?P<title>.+) by (?P<author>.+)$", re.DOT
 _ARTICLE_FEED_TITLE = re.compile(r"^Comments on: (?P<title>.+)$", re.DOTALL)
 # Warnings feedparser raises for feeds it read completely (a charset or media type it had to guess).
 _HARMLESS_BOZO = (feedparser.CharacterEncodingOverride, feedparser.NonXMLContentType)
+# `collect --backfill` reads at most this many feed documents per call (one request each); a later call
+# resumes from `backfill_next` in the cursor.
+MAX_BACKFILL_PAGES = 50
+# RFC 5005 links to older entries: a paged feed's next page (section 3), an archived feed's previous
+# archive document (section 4).
+OLDER_RELS = ("next", "prev-archive")
 
 
 # --- HTTP ----------------------------------------------------------------------------------------
@@ -91,6 +110,11 @@ class FeedDocument:
 
 class FeedNotFound(PermanentError):
     """404 for a feed URL."""
+
+
+class FeedHistoryUnavailable(PermanentError):
+    """A backfill cannot reach its date: the feed holds only its latest entries and has no RFC 5005 links
+    to older ones."""
 
 
 def check_status_waiting(response: requests.Response, *, now: datetime) -> None:
@@ -375,15 +399,21 @@ class FeedConnector:
 
     def fetch(self, *, cursor: dict) -> Iterator[Page]:
         """One page: the feed's entries, or nothing when it has not changed (304). The cursor holds the
-        validators (`etag`, `last_modified`) of the last answer."""
+        validators (`etag`, `last_modified`) of the last answer, and a backfill's keys, which are kept."""
         validators = {key: cursor[key] for key in ("etag", "last_modified") if isinstance(cursor.get(key), str)}
+        kept = {key: value for key, value in cursor.items() if key.startswith("backfill")}
         document = fetch_feed(self.client, self.url, validators=validators, now=self.now())
         if document.parsed is None:
-            yield Page(cursor=dict(validators), health_detail={"feed_warning": ""})
+            yield Page(cursor={**kept, **validators}, health_detail={"feed_warning": ""})
             return
+        page = self._page(document)
+        page.cursor = {**kept, **document.validators}
+        page.health_detail = {"feed_warning": document.warning}
+        yield page
+
+    def _page(self, document: FeedDocument) -> Page:
         meta = feed_meta(document.parsed)
-        page = Page(cursor=document.validators, fetched=len(document.parsed.entries),
-                    health_detail={"feed_warning": document.warning})
+        page = Page(fetched=len(document.parsed.entries))
         for entry in document.parsed.entries:
             result = normalise_native(raw_entry(entry, meta), hashtags=self.hashtags)
             if isinstance(result, NormalisedItem):
@@ -391,7 +421,113 @@ class FeedConnector:
             elif isinstance(result, RejectedRaw):
                 page.rejected.append(result)
         page.items = same_article_everywhere(page.items)
-        yield page
+        return page
+
+    def backfill(self, *, since: datetime, cursor: dict) -> Iterator[Page]:
+        """Read the feed unconditionally, then follow its RFC 5005 links to older documents (`next`,
+        `prev-archive`) until one reaches back past `since`, at most MAX_BACKFILL_PAGES per call.
+
+        Entries older than `since` are not yielded. The polling validators are kept as they are; the next
+        document to read is kept as `backfill_next`, a finished walk as `backfilled_since`. A feed without
+        such links is read once; when its entries do not reach back to `since`, FeedHistoryUnavailable is
+        raised after its page (and again, without a request, on later calls for the same date).
+        """
+        cursor = dict(cursor)
+        if _reached(cursor.get("backfilled_since"), since):
+            limit = cursor.get("backfill_limit")
+            # The walk was done; it only fell short when the feed's oldest entry was newer than `since`.
+            if isinstance(limit, str) and not _reached(limit, since):
+                raise FeedHistoryUnavailable(_no_history(limit))
+            return
+        url = cursor["backfill_next"] if isinstance(cursor.get("backfill_next"), str) else self.url
+        read: set[str] = set()
+        for _ in range(MAX_BACKFILL_PAGES):
+            document = fetch_feed(self.client, url, validators={}, now=self.now())
+            read.add(url)
+            page = self._page(document)
+            times = [t for t in (entry_time(entry, "published") or entry_time(entry, "updated")
+                                 for entry in document.parsed.entries if isinstance(entry, dict)) if t is not None]
+            page.items = [item for item in page.items if item.created_at >= since]
+            older = older_link(document.parsed)
+            reached = bool(times) and min(times) < since
+            finished = reached or not older or older in read
+            limit = None
+            if finished:
+                cursor.pop("backfill_next", None)
+                cursor["backfilled_since"] = since.astimezone(timezone.utc).isoformat()
+                if not reached and url == self.url and not older:
+                    # The subscription document alone, and it does not reach back to `since`.
+                    limit = min(times).isoformat() if times else ""
+                    cursor["backfill_limit"] = limit
+                else:
+                    cursor.pop("backfill_limit", None)
+            else:
+                cursor["backfill_next"] = older
+            page.cursor = dict(cursor)
+            yield page
+            if limit is not None:
+                raise FeedHistoryUnavailable(_no_history(limit))
+            if finished:
+                return
+            url = older
+
+    def recheck(self, posts: list[tuple[str, dict]]) -> Iterator[Recheck]:
+        """Read the feed again, unconditionally, and compare: one request for every stored entry.
+
+        An entry still in the feed is an item. A missing entry is a deletion only when the feed lists its
+        entries newest first and the stored entry is newer than the feed's oldest one (the feed covers its
+        time); otherwise it is an error, since entries drop off the end of a feed as new ones come. Raises
+        RateLimited, NeedsCredentials, FeedNotFound etc. like `fetch`.
+        """
+        document = fetch_feed(self.client, self.url, validators={}, now=self.now())
+        items = self._page(document).items
+        present = {item.external_id: item for item in items}
+        times = [item.created_at for item in items]
+        newest_first = all(a >= b for a, b in zip(times, times[1:]))
+        oldest = min(times) if times else None
+        for external_id, raw in posts:
+            if external_id in present:
+                yield Recheck(external_id=external_id, item=present[external_id])
+                continue
+            stored = normalise_native(raw, hashtags=self.hashtags) if isinstance(raw, dict) else None
+            created_at = stored.created_at if isinstance(stored, NormalisedItem) else None
+            if oldest is not None and newest_first and created_at is not None and created_at > oldest:
+                yield Recheck(external_id=external_id, deleted_reason=(
+                    f"deleted upstream (gone from the feed, which lists every entry back to {oldest.isoformat()})"))
+            elif oldest is None:
+                yield Recheck(external_id=external_id, error="the feed has no entries now: cannot tell")
+            elif not newest_first:
+                yield Recheck(external_id=external_id,
+                              error="not in the feed, whose entries are not newest first: cannot tell")
+            else:
+                yield Recheck(external_id=external_id, error=(
+                    f"not in the feed, which holds only its latest entries (back to {oldest.isoformat()}): "
+                    "cannot tell"))
+
+
+def older_link(parsed: Any) -> str:
+    """The feed's RFC 5005 link to older entries (`next`, else `prev-archive`), absolute, or ""."""
+    links = [link for link in (parsed.get("feed") or {}).get("links") or [] if isinstance(link, dict)]
+    for rel in OLDER_RELS:
+        for link in links:
+            href = link.get("href")
+            if link.get("rel") == rel and isinstance(href, str) and href.startswith(("http://", "https://")):
+                return href
+    return ""
+
+
+def _reached(done: Any, since: datetime) -> bool:
+    """Whether a finished walk (`backfilled_since`, ISO) already reaches back to `since`."""
+    try:
+        return isinstance(done, str) and parse_timestamp(done, field_name="backfilled_since") <= since
+    except ValueError:
+        return False
+
+
+def _no_history(oldest: str) -> str:
+    held = f"back to {oldest}" if oldest else "none at the moment"
+    return (f"the feed holds only its latest entries ({held}) and has no RFC 5005 links to older ones "
+            '(rel="next" or rel="prev-archive"): comments before that cannot be backfilled from it')
 
 
 def build(config, *, client: HttpClient, now: Callable[[], datetime], store=None) -> FeedConnector:

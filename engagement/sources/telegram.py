@@ -13,13 +13,21 @@
 - The search also matches words, so the tag is verified locally: a message counts when its text has the
   tag as a `#tag` search link (how t.me renders hashtags) or as `#tag` in the text, casefolded.
 - t.me sends no rate-limit headers; a 429 is honoured through its Retry-After.
+- Backfill (`collect --backfill --since`): the same search with `before=<oldest id walked>`, page after page
+  until a page reaches messages older than `since` (or the search ends), MAX_BACKFILL_PAGES per tag per
+  call; the position (`backfill_before`) and the finished walk (`backfilled_since`) sit beside
+  `newest_id` in the tag's cursor entry.
+- Re-check: the channel preview without a search, `?before=<highest stored id not yet seen + 1>`, which
+  lists the newest messages below that id. Such a page covers every id from its lowest message up to the
+  id it was asked below: a stored id in that range that is not on it has been deleted. A stored id
+  below every page read is reported as an error (cannot tell), never as a deletion.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urljoin, urlsplit, urlunsplit
@@ -35,6 +43,7 @@ from .base import (
     NormalisedItem,
     Page,
     PermanentError,
+    Recheck,
     RejectedRaw,
     SourceConfig,
     check_status,
@@ -50,6 +59,12 @@ BACKFILL_PAGES = 5
 # One run reads at most this many pages of newer messages (~200) so a busy channel cannot hold a
 # worker; the cursor makes the next run continue where this one stopped.
 MAX_PAGES_PER_RUN = 10
+# `collect --backfill` reads at most this many search pages (~1,000 messages) per tag per call; a later call
+# resumes from the cursor.
+MAX_BACKFILL_PAGES = 50
+# A re-check reads at most this many channel pages (~20 messages each); stored ids it does not reach are
+# reported as errors and looked at again on the next re-check.
+MAX_RECHECK_PAGES = 20
 # Links inside messages are made absolute against the public site, whatever host served the page.
 PUBLIC_SITE = "https://t.me"
 
@@ -306,6 +321,26 @@ def _newest(state: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _reached(done: Any, since: datetime) -> bool:
+    """Whether a finished walk (`backfilled_since`, ISO) already reaches back to `since`."""
+    try:
+        return isinstance(done, str) and parse_timestamp(done, field_name="backfilled_since") <= since
+    except ValueError:
+        return False
+
+
+def _stored_message_id(external_id: str, channel: str) -> int | None:
+    """The message id of a stored post of `channel`, from its URL (`https://t.me/<channel>/<id>`)."""
+    match = _MESSAGE_URL.match(external_id)
+    if match is None or match.group(1).casefold() != channel:
+        return None
+    return int(match.group(2))
+
+
 class TelegramConnector:
     platform = PLATFORM
 
@@ -326,7 +361,9 @@ class TelegramConnector:
             key = normalise_tag(tag)
             for page in self._fetch_tag(tag, _newest(cursor.get(key))):
                 if "newest_id" in page.cursor:
-                    cursor[key] = page.cursor
+                    # Polling moves `newest_id`; a backfill's position and finished walk stay.
+                    kept = {k: v for k, v in cursor.get(key, {}).items() if k.startswith("backfill")}
+                    cursor[key] = {**kept, **page.cursor}
                 page.cursor = {name: dict(value) for name, value in cursor.items()}
                 yield page
 
@@ -357,6 +394,91 @@ class TelegramConnector:
             yield page
             if listing.after is None or not advanced:
                 return
+
+    def backfill(self, *, since: datetime, cursor: dict) -> Iterator[Page]:
+        """Walk each hashtag's search back to `since`, at most MAX_BACKFILL_PAGES per tag per call.
+
+        The walk starts below the highest id polling has seen (`before=<newest_id + 1>`, else the newest
+        page) and follows `before=<oldest id of the page>`; it ends on a page that reaches messages older
+        than `since`, an empty page, or a page without an older link. Messages older than `since` are not
+        yielded. The position (`backfill_before`) and the finished walk (`backfilled_since`) are kept beside
+        the polling key, so a later call resumes and a finished walk is not repeated.
+        """
+        cursor = {key: dict(value) for key, value in cursor.items() if isinstance(value, dict)}
+        for tag in self.hashtags:
+            state = cursor.setdefault(normalise_tag(tag), {})
+            if _reached(state.get("backfilled_since"), since):
+                continue
+            before = _int(state.get("backfill_before"))
+            if before is None and _newest(state) is not None:
+                before = _newest(state) + 1
+            for _ in range(MAX_BACKFILL_PAGES):
+                params = {"q": f"#{tag}", **({"before": before} if before is not None else {})}
+                page, listing = self._get_page(params)
+                dates = [result.created_at for result in map(parse_message, listing.messages)
+                         if isinstance(result, NormalisedItem)]
+                page.items = [item for item in page.items if item.created_at >= since]
+                finished = (not listing.ids or (dates and min(dates) < since) or listing.before is None
+                            or listing.before > min(listing.ids))
+                if finished:
+                    state.pop("backfill_before", None)
+                    state["backfilled_since"] = since.astimezone(timezone.utc).isoformat()
+                else:
+                    before = listing.before
+                    state["backfill_before"] = before
+                page.cursor = {name: dict(value) for name, value in cursor.items()}
+                yield page
+                if finished:
+                    break
+
+    def recheck(self, posts: list[tuple[str, dict]]) -> Iterator[Recheck]:
+        """Read the channel around the stored message ids: `?before=<highest pending id + 1>` until every
+        id is settled or MAX_RECHECK_PAGES pages have been read.
+
+        A page asked for below id X lists the newest messages below X, so it covers the ids from its lowest
+        message to X - 1: a stored id in that range is either on the page (an item: the store keeps the
+        old text as a revision when it changed) or deleted. Ids no page covers are errors. Raises
+        RateLimited on 429 and the other SourceErrors of `fetch`.
+        """
+        channel = self.url.rsplit("/", 1)[1].casefold()
+        pending: dict[int, str] = {}
+        for external_id, _raw in posts:
+            message_id = _stored_message_id(external_id, channel)
+            if message_id is None:
+                yield Recheck(external_id=external_id, error=f"not a message of the channel {channel}")
+            else:
+                pending[message_id] = external_id
+        for _ in range(MAX_RECHECK_PAGES):
+            if not pending:
+                return
+            before = max(pending) + 1
+            now = self.now()
+            response = self.client.get(self.url, params={"before": before}, headers={"Accept": "text/html"})
+            check_status(response, now=now, reset=_no_reset_header)
+            if response.status_code == 404:
+                raise PermanentError(f"no Telegram channel preview at {response.url} (404)")
+            listing = parse_page(response.text, url=response.url)
+            shown = {raw["id"]: raw for raw in listing.messages
+                     if isinstance(raw.get("id"), int) and str(raw.get("channel")).casefold() == channel}
+            if not shown:
+                break  # nothing below `before` is shown: the remaining ids cannot be told
+            lowest = min(shown)
+            for message_id in sorted(n for n in pending if lowest <= n < before):
+                external_id = pending.pop(message_id)
+                if message_id not in shown:
+                    yield Recheck(external_id=external_id, deleted_reason=(
+                        f"deleted upstream (missing from the channel preview, which shows messages "
+                        f"{lowest} to {before - 1})"))
+                    continue
+                result = parse_message(shown[message_id])
+                if isinstance(result, NormalisedItem):
+                    yield Recheck(external_id=external_id, item=result)
+                else:
+                    reason = result.reason if isinstance(result, RejectedRaw) else "now a service message"
+                    yield Recheck(external_id=external_id, error=reason)
+        for message_id, external_id in sorted(pending.items()):
+            yield Recheck(external_id=external_id,
+                          error="no channel page read in this re-check covers this message: cannot tell")
 
     def _get_page(self, params: dict) -> tuple[Page, Listing]:
         now = self.now()
