@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from engagement import collect
-from engagement.models import CollectionRun, Post, RejectedItem, Source
+from engagement.models import CollectionRun, Post, PostRevision, RejectedItem, Source
 from engagement.sources.base import (
     MAX_ITEM_HTML_CHARS,
     HttpClient,
@@ -25,20 +25,32 @@ from engagement.sources.base import (
     NormalisedItem,
     PermanentError,
     RateLimited,
+    Recheck,
     RejectedRaw,
     SourceConfig,
     TemporaryError,
 )
-from engagement.sources.bluesky import BACKFILL_PAGES, MAX_PAGES_PER_RUN, PAGE_LIMIT, build, normalise_native
+from engagement.sources import bluesky
+from engagement.sources.bluesky import (
+    BACKFILL_PAGES,
+    GET_POSTS_BATCH,
+    MAX_BACKFILL_PAGES,
+    MAX_PAGES_PER_RUN,
+    PAGE_LIMIT,
+    build,
+    normalise_native,
+)
 from tests.bluesky_fake import (
     APP_PASSWORD,
     CREATE_SESSION_PATH,
+    GET_POSTS_PATH,
     HANDLE,
     SEARCH_PATH,
     FakeBluesky,
     iso,
     make_post,
     tag_facet,
+    uris_of,
     utf8_facet,
 )
 from tests.conftest import wait_for
@@ -690,6 +702,295 @@ def test_runs_share_one_login_through_redis(upstream, settings, flushed_redis):
     assert len(fake.logins) == 1 and len(fake.searches) == 4
     assert Post.objects.count() == 3
     assert Source.objects.get(pk=sources[0].pk).health_detail["auth"] == f"app password of @{HANDLE}"
+
+
+# --- re-checks: app.bsky.feed.getPosts -------------------------------------------------------------------
+
+
+def recheck_all(upstream, posts: list[dict], **kwargs) -> list[Recheck]:
+    return list(connector(upstream, **kwargs).recheck([(post["uri"], post) for post in posts]))
+
+
+def test_a_recheck_asks_get_posts_for_25_uris_at_a_time_and_reports_those_left_out_as_deleted(upstream):
+    stored = [make_post(n) for n in range(1, 61)]
+    gone = {stored[3]["uri"], stored[40]["uri"]}
+    fake = FakeBluesky(upstream, [post for post in stored if post["uri"] not in gone], clock=lambda: NOW)
+    results = recheck_all(upstream, stored)
+    assert GET_POSTS_BATCH == 25
+    assert [uris_of(seen) for seen in fake.lookups] == [
+        [p["uri"] for p in stored[:25]], [p["uri"] for p in stored[25:50]], [p["uri"] for p in stored[50:]]]
+    assert [r.external_id for r in results] == [p["uri"] for p in stored]
+    deleted = [r for r in results if r.deleted_reason]
+    assert {r.external_id for r in deleted} == gone
+    assert deleted[0].deleted_reason == (f"not returned by app.bsky.feed.getPosts at {upstream.url.split('//')[1]}: "
+                                         "deleted by its author or taken down")
+    items = [r.item for r in results if r.item is not None]
+    assert len(items) == 58 and not any(r.error for r in results)
+    assert items[0] == normalise_native(stored[0], hashtags=(TAG,))  # normalised as fetch does
+    assert fake.searches == [] and fake.logins == []
+
+
+def test_a_recheck_reads_recorded_post_views_as_get_posts_returns_them(upstream, recorded):
+    views = [obj.get("post", obj) for obj in recorded(POSTS_FILE)[:30]]
+    kept = views[:29]  # the last one was deleted since
+    fake = FakeBluesky(upstream, kept, clock=lambda: NOW)
+    results = list(connector(upstream, "HCERES").recheck([(view["uri"], view) for view in views]))
+    assert len(fake.lookups) == 2
+    by_id = {r.external_id: r for r in results}
+    assert by_id[views[29]["uri"]].deleted_reason.startswith("not returned by app.bsky.feed.getPosts")
+    for view in kept:
+        item = by_id[view["uri"]].item
+        assert item is not None and item.raw == view and item.text == view["record"]["text"]
+        # Its current tags, plus the source's tag it was collected for (kept even where it is gone).
+        assert set(item.hashtags) == set(normalise_native(view, hashtags=()).hashtags) | {"hceres"}
+
+
+def test_a_recheck_reports_what_it_cannot_tell_as_errors_and_never_as_deletions(upstream):
+    readable, broken = make_post(1), make_post(2)
+    fake = FakeBluesky(upstream, [readable, {**broken, "record": "not an object"}], clock=lambda: NOW)
+    not_a_post = "at://did:plc:reader0000000000000000001/app.bsky.feed.like/3like"
+    results = list(connector(upstream).recheck([(readable["uri"], readable), (broken["uri"], broken),
+                                                (not_a_post, {}), ("https://bsky.app/x", {})]))
+    by_id = {r.external_id: r for r in results}
+    assert by_id[readable["uri"]].item is not None
+    assert by_id[broken["uri"]].error == "post has no record object"
+    assert by_id[not_a_post].error == "not the at:// URI of an app.bsky.feed.post record"
+    assert by_id["https://bsky.app/x"].error
+    assert not any(r.deleted_reason for r in results)
+    assert [uris_of(seen) for seen in fake.lookups] == [[readable["uri"], broken["uri"]]]
+    fake.get_posts_replies[2] = Reply(400, {"error": "InvalidRequest", "message": "Error: uris/0 must be a valid at-uri"})
+    refused = recheck_all(upstream, [readable])
+    assert refused == [Recheck(external_id=readable["uri"], error=(
+        f"{upstream.url.split('//')[1]} refused app.bsky.feed.getPosts (400 InvalidRequest: "
+        "Error: uris/0 must be a valid at-uri)"))]
+
+
+def test_a_recheck_uses_the_session_of_the_search_and_refused_anonymous_lookups_need_credentials(upstream):
+    post = make_post(1)
+    fake = FakeBluesky(upstream, [post], anonymous=False, clock=lambda: NOW)
+    store = DictStore()
+    fetch_all(upstream, credentials=CREDENTIALS, store=store)
+    assert recheck_all(upstream, [post], credentials=CREDENTIALS, store=store)[0].item is not None
+    assert len(fake.logins) == 1
+    assert fake.lookups[0].headers["authorization"] == fake.searches[0].headers["authorization"]
+    fake.posts = []
+    (gone,) = recheck_all(upstream, [post], credentials=CREDENTIALS, store=store)
+    assert gone.deleted_reason.endswith(f"deleted by its author or taken down (or hidden from @{HANDLE} by a block)")
+    with pytest.raises(NeedsCredentials, match="refused anonymous app.bsky.feed.getPosts \\(403 AuthMissing.*BLUESKY_HANDLE"):
+        recheck_all(upstream, [post])
+    with pytest.raises(NeedsCredentials, match="auth=required"):
+        recheck_all(upstream, [post], options={"auth": "required"})
+    assert len(fake.lookups) == 3 and len(fake.logins) == 1
+
+
+def test_a_recheck_keeps_the_tracked_tags_of_the_stored_copy_when_the_author_removed_them(upstream):
+    stored = make_post(1, text=f"Переговори ✌️ post 1 #{TAG} #Other #Untracked")
+    stored["record"]["facets"] = [tag_facet(stored["record"]["text"], tag) for tag in (TAG, "Other", "Untracked")]
+    untagged = make_post(1, text="Переговори ✌️ post 1, tags removed", tag=None)
+    retagged = make_post(1, tag="SomethingElse")
+    fake = FakeBluesky(upstream, [untagged], clock=lambda: NOW)
+    (result,) = list(connector(upstream, TAG, "Other", "Third").recheck([(stored["uri"], stored)]))
+    # The tracked tags the stored copy had, not its untracked one, nor a tracked tag it never had.
+    assert result.item.hashtags == ("other", "ukrainepeacetalks") and result.item.text == untagged["record"]["text"]
+    fake.posts = [retagged]
+    (result,) = list(connector(upstream, TAG, "Other", "Third").recheck([(stored["uri"], stored)]))
+    assert result.item.hashtags == ("other", "somethingelse", "ukrainepeacetalks")
+    # A stored copy without any tracked tag (removed before an earlier re-check) keeps the source's tags.
+    fake.posts = [untagged]
+    (result,) = list(connector(upstream, TAG).recheck([(untagged["uri"], untagged)]))
+    assert result.item.hashtags == ("ukrainepeacetalks",)
+
+
+def recent_posts(count: int, *, tag: str | None = TAG) -> list[dict]:
+    now = datetime.now(timezone.utc)
+    return [make_post(n, tag=tag, created_at=now - timedelta(hours=n)) for n in range(1, count + 1)]
+
+
+@pytest.mark.django_db
+def test_a_recheck_stores_an_edit_as_a_revision_and_a_deleted_post_as_a_tombstone(upstream, api_client,
+                                                                                    flushed_redis):
+    posts = recent_posts(3)
+    fake = FakeBluesky(upstream, posts)
+    source = add_source(upstream)
+    assert run(source).new == 3
+    edited = copy.deepcopy(posts[0])
+    edited["record"]["text"] = edited["record"]["text"].replace("about the talks", "about the new talks")
+    edited["record"]["facets"] = [tag_facet(edited["record"]["text"], TAG)]
+    fake.posts = [edited, posts[2]]  # posts[1] was deleted by its author
+    report = collect.recheck_source(source.pk, owner="test")
+    assert (report.checked, report.edited, report.deleted, report.errors, report.message) == (3, 1, 1, 0, "")
+    assert len(fake.lookups) == 1 and sorted(uris_of(fake.lookups[0])) == sorted(p["uri"] for p in posts)
+    post = Post.objects.get(external_id=edited["uri"])
+    assert "about the new talks" in post.text and post.raw == edited
+    revision = PostRevision.objects.get(post=post)
+    assert "about the talks" in revision.text and revision.raw == posts[0]
+    tombstone = Post.objects.get(external_id=posts[1]["uri"])
+    assert tombstone.deleted_at is not None
+    assert tombstone.deletion_reason.startswith("not returned by app.bsky.feed.getPosts")
+    assert "deleted by its author or taken down" in tombstone.deletion_reason
+    listed = {p["external_id"] for p in api_posts(api_client, platform="bluesky")}
+    assert listed == {posts[0]["uri"], posts[2]["uri"]}
+    assert api_client.get(f"/api/v1/posts/{tombstone.pk}/").status_code == 404
+    again = collect.recheck_source(source.pk, owner="test")
+    assert (again.checked, again.edited, again.deleted) == (2, 0, 0) and PostRevision.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_post_whose_tag_was_removed_stays_listed_under_the_tag_after_a_recheck(upstream, api_client,
+                                                                                flushed_redis):
+    post, = recent_posts(1)
+    fake = FakeBluesky(upstream, [post])
+    source = add_source(upstream)
+    run(source)
+    untagged = copy.deepcopy(post)
+    untagged["record"]["text"] = "Переговори ✌️ without the tag now"
+    del untagged["record"]["facets"]
+    fake.posts = [untagged]
+    for _ in range(2):  # the second re-check reads the untagged copy stored by the first
+        report = collect.recheck_source(source.pk, owner="test")
+        assert (report.checked, report.deleted, report.errors) == (1, 0, 0)
+    stored = Post.objects.get()
+    assert stored.text == "Переговори ✌️ without the tag now" and stored.hashtags == ["ukrainepeacetalks"]
+    assert PostRevision.objects.filter(post=stored).count() == 1
+    assert [p["external_id"] for p in api_posts(api_client, hashtag=TAG)] == [post["uri"]]
+
+
+@pytest.mark.django_db
+def test_a_recheck_that_cannot_tell_records_an_error_and_deletes_nothing(upstream, flushed_redis):
+    posts = recent_posts(2)
+    fake = FakeBluesky(upstream, posts)
+    source = add_source(upstream)
+    run(source)
+    broken = copy.deepcopy(posts[0])
+    broken["record"]["createdAt"] = "0000-10-14T15:06:10.730Z"
+    fake.posts = [broken, posts[1]]
+    report = collect.recheck_source(source.pk, owner="test")
+    assert (report.checked, report.edited, report.deleted, report.errors) == (2, 0, 0, 1)
+    assert Post.objects.filter(deleted_at__isnull=False).count() == 0
+    assert Post.objects.get(external_id=posts[0]["uri"]).raw == posts[0]  # the stored copy is kept
+    fake.get_posts_replies[2] = Reply(503, "<h1>Service Unavailable</h1>", {"Content-Type": "text/html"})
+    failed = collect.recheck_source(source.pk, owner="test")
+    assert (failed.checked, failed.deleted) == (0, 0) and "upstream error 503" in failed.message
+    assert Post.objects.filter(deleted_at__isnull=False).count() == 0
+
+
+@pytest.mark.django_db
+def test_a_rate_limit_during_a_recheck_stops_it_and_blocks_the_source(upstream, flushed_redis):
+    fake = FakeBluesky(upstream, recent_posts(GET_POSTS_BATCH + 5))
+    source = add_source(upstream)
+    run(source)
+    fake.get_posts_replies[2] = Reply(429, {"error": "RateLimitExceeded"}, {"Retry-After": "300"})
+    started = datetime.now(timezone.utc)
+    report = collect.recheck_source(source.pk, owner="test")
+    assert (report.checked, report.deleted) == (GET_POSTS_BATCH, 0) and "rate-limited (429)" in report.message
+    source.refresh_from_db()
+    assert source.rate_limited_until >= started + timedelta(seconds=299)
+    assert len(fake.lookups) == 2
+    assert Post.objects.filter(last_checked_at__isnull=True).count() == 5
+    assert collect.recheck_source(source.pk, owner="test") is None  # the source waits for its reset
+    # The host's reset is shared through Redis: even with the source released, no request goes out before it.
+    Source.objects.filter(pk=source.pk).update(rate_limited_until=None)
+    blocked = collect.recheck_source(source.pk, owner="test")
+    assert blocked.checked == 0 and "no request before" in blocked.message
+    assert len(fake.lookups) == 2
+
+
+# --- backfill: searchPosts with until and since -----------------------------------------------------------
+
+
+START = datetime(2026, 11, 20, tzinfo=timezone.utc)  # make_post(n) is dated START + n seconds
+
+
+def backfill_all(upstream, *, since: datetime, cursor: dict, **kwargs) -> list:
+    return list(connector(upstream, **kwargs).backfill(since=since, cursor=cursor))
+
+
+def test_a_backfill_pages_back_with_the_api_cursor_and_resumes_below_the_oldest_post_walked(upstream, monkeypatch):
+    monkeypatch.setattr(bluesky, "MAX_BACKFILL_PAGES", 2)
+    fake = FakeBluesky(upstream, [make_post(n) for n in range(1, 401)], clock=lambda: NOW)
+    polling = {"newest": iso(START + timedelta(seconds=400))}
+    since = START + timedelta(seconds=101)
+    first = backfill_all(upstream, since=since, cursor={"ukrainepeacetalks": dict(polling)})
+    assert len(first) == 2
+    assert [s.query for s in fake.searches] == [
+        {"q": f"#{TAG}", "sort": "latest", "limit": str(PAGE_LIMIT), "since": iso(since)},
+        {"q": f"#{TAG}", "sort": "latest", "limit": str(PAGE_LIMIT), "since": iso(since), "cursor": "100"},
+    ]
+    oldest_walked = START + timedelta(seconds=201)  # sortAt of post 201 (createdAt; indexedAt is later)
+    assert first[-1].cursor == {"ukrainepeacetalks": {
+        **polling, "backfill_until": iso(oldest_walked + timedelta(milliseconds=1))}}
+    second = backfill_all(upstream, since=since, cursor=first[-1].cursor)
+    assert fake.searches[2].query == {"q": f"#{TAG}", "sort": "latest", "limit": str(PAGE_LIMIT),
+                                      "since": iso(since), "until": iso(oldest_walked + timedelta(milliseconds=1))}
+    assert len(second) == 2 and "cursor" in fake.searches[3].query
+    likes = sorted(item.raw["likeCount"] for item in items_of(first + second))
+    assert likes == sorted(list(range(101, 401)) + [201])  # post 201 read again at the overlap, stored once
+    assert second[-1].cursor == {"ukrainepeacetalks": {
+        **polling, "backfill_until": iso(since), "backfilled_since": iso(since)}}
+    asked = len(fake.searches)
+    assert backfill_all(upstream, since=since, cursor=second[-1].cursor) == []
+    assert backfill_all(upstream, since=since + timedelta(days=1), cursor=second[-1].cursor) == []
+    assert len(fake.searches) == asked
+    # An earlier date carries on below the finished walk.
+    backfill_all(upstream, since=START, cursor=second[-1].cursor)
+    assert fake.searches[asked].query["until"] == iso(since) and fake.searches[asked].query["since"] == iso(START)
+
+
+def test_a_backfill_never_yields_posts_older_than_the_date_even_when_the_upstream_ignores_it(upstream):
+    fake = FakeBluesky(upstream, clock=lambda: NOW)
+    fake.search_override = Reply(200, {"posts": [make_post(n) for n in (300, 200, 100, 50)], "cursor": "4"})
+    since = START + timedelta(seconds=150)
+    pages = backfill_all(upstream, since=since, cursor={})
+    assert len(pages) == 1 and len(fake.searches) == 1
+    assert [item.raw["likeCount"] for item in pages[0].items] == [300, 200]
+    assert pages[0].fetched == 4
+    assert pages[0].cursor == {"ukrainepeacetalks": {"backfill_until": iso(since), "backfilled_since": iso(since)}}
+
+
+def test_a_backfill_stops_on_a_spent_budget_and_keeps_its_position(upstream):
+    reset = NOW + timedelta(minutes=5)
+    fake = FakeBluesky(upstream, [make_post(n) for n in range(1, 301)], clock=lambda: NOW,
+                       rate_limit_remaining=1, rate_limit_reset=reset)
+    pages = backfill_all(upstream, since=START, cursor={})
+    assert len(pages) == 1 and len(fake.searches) == 1
+    assert pages[0].rate_limited_until == reset
+    assert pages[0].cursor["ukrainepeacetalks"] == {"backfill_until": iso(START + timedelta(seconds=201, milliseconds=1))}
+    fake.search_override = Reply(429, {"error": "RateLimitExceeded"}, {"Retry-After": "30"})
+    with pytest.raises(RateLimited):
+        backfill_all(upstream, since=START, cursor=pages[0].cursor, now=reset + timedelta(seconds=1))
+
+
+def test_polling_keeps_the_backfill_position_in_the_cursor(upstream):
+    FakeBluesky(upstream, [make_post(n) for n in range(1, 4)], clock=lambda: NOW)
+    walked = {"backfill_until": iso(START), "backfilled_since": iso(START)}
+    pages = fetch_all(upstream, cursor={"ukrainepeacetalks": {"newest": iso(START), **walked}})
+    assert pages[-1].cursor == {"ukrainepeacetalks": {"newest": iso(START + timedelta(seconds=3)), **walked}}
+
+
+@pytest.mark.django_db
+def test_a_backfill_through_collect_walks_back_to_the_date_and_a_second_call_makes_no_request(upstream,
+                                                                                           flushed_redis):
+    fake = FakeBluesky(upstream, [make_post(n) for n in range(1, 351)])
+    source = add_source(upstream)
+    polling = {"ukrainepeacetalks": {"newest": iso(START + timedelta(seconds=350))}}
+    Source.objects.filter(pk=source.pk).update(cursor=polling)
+    since = START + timedelta(seconds=101)
+    backfill = collect.backfill_source(source.pk, since=since, owner="test")
+    assert (backfill.outcome, backfill.pages, backfill.fetched, backfill.new) == (CollectionRun.Outcome.OK, 3, 250, 250)
+    assert [s.query.get("cursor") for s in fake.searches] == [None, "100", "200"]
+    assert {s.query["since"] for s in fake.searches} == {iso(since)} and "until" not in fake.searches[0].query
+    stored = sorted(Post.objects.values_list("created_at", flat=True))
+    assert len(stored) == 250 and stored[0] == since
+    source.refresh_from_db()
+    assert source.cursor["ukrainepeacetalks"]["newest"] == polling["ukrainepeacetalks"]["newest"]  # unchanged
+    assert source.cursor["ukrainepeacetalks"]["backfilled_since"] == iso(since)
+    again = collect.backfill_source(source.pk, since=since, owner="test")
+    assert (again.outcome, again.pages, again.new) == (CollectionRun.Outcome.OK, 0, 0)
+    assert len(fake.searches) == 3
+    assert run(source).new == 0  # polling afterwards keeps the finished walk
+    source.refresh_from_db()
+    assert source.cursor["ukrainepeacetalks"]["backfilled_since"] == iso(since)
+    assert collect.backfill_source(source.pk, since=since, owner="test").pages == 0
 
 
 # --- the real worker ------------------------------------------------------------------------------------

@@ -14,11 +14,15 @@
   record's `tags`, casefolded. A post that only mentions the word is not stored.
 - `RateLimit-Remaining` / `RateLimit-Reset` (epoch seconds) and `Retry-After` are honoured; the reset is
   kept in `store` so no source of the same host sends a request before it.
+- `backfill`: searchPosts with `since` and `until` (the oldest post walked), MAX_BACKFILL_PAGES pages per
+  tag per call, resumed from the tag's `backfill_until`. `recheck`: `app.bsky.feed.getPosts`,
+  GET_POSTS_BATCH URIs per request; a URI it leaves out is deleted or taken down.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html as html_lib
 import json
 import math
@@ -38,6 +42,7 @@ from .base import (
     Page,
     PermanentError,
     RateLimited,
+    Recheck,
     RejectedRaw,
     SourceConfig,
     TokenStore,
@@ -51,6 +56,7 @@ from .base import (
 
 PLATFORM = "bluesky"
 SEARCH_POSTS = "app.bsky.feed.searchPosts"
+GET_POSTS = "app.bsky.feed.getPosts"
 CREATE_SESSION = "com.atproto.server.createSession"
 REFRESH_SESSION = "com.atproto.server.refreshSession"
 POST_COLLECTION = "app.bsky.feed.post"
@@ -66,6 +72,15 @@ PAGE_LIMIT = 100
 MAX_PAGES_PER_RUN = 10
 # How far the first run of a new source reaches back (500 posts).
 BACKFILL_PAGES = 5
+# `collect --backfill` reads at most this many pages per tag per call (10,000 posts); a later call resumes.
+MAX_BACKFILL_PAGES = 100
+# A resumed backfill asks for posts before the oldest one walked plus this: `until` is not inclusive, so
+# posts sharing that millisecond are read again (and stored once) rather than skipped.
+UNTIL_OVERLAP = timedelta(milliseconds=1)
+# getPosts' lexicon allows at most 25 `uris` per request.
+GET_POSTS_BATCH = 25
+# The tag cursor's keys that polling owns; the others (the backfill's) are kept as they are by fetch.
+POLLING_KEYS = ("newest", "walk")
 # A token this close to its expiry is renewed before use rather than sent and refused.
 TOKEN_MARGIN = timedelta(seconds=60)
 # When a JWT's `exp` cannot be read: assume a short-lived access token (the PDS issues 2 hours) and
@@ -575,19 +590,154 @@ class BlueskyConnector:
         self.session = session
         self.needs_login = needs_login
 
-    def fetch(self, *, cursor: dict) -> Iterator[Page]:
-        """Pages for each hashtag; each page's `cursor` is the whole source cursor once it is stored."""
+    def _require_login(self) -> None:
         if self.session is None and self.needs_login:
             raise NeedsCredentials("this Bluesky source is set to auth=required: set BLUESKY_HANDLE and "
                                    "BLUESKY_APP_PASSWORD")
+
+    def fetch(self, *, cursor: dict) -> Iterator[Page]:
+        """Pages for each hashtag; each page's `cursor` is the whole source cursor once it is stored."""
+        self._require_login()
         cursor = {key: dict(value) for key, value in cursor.items() if isinstance(value, dict)}
         for tag_key, tag in self.tags.items():
-            for page in self._fetch_tag(tag_key, tag, cursor.get(tag_key, {})):
-                cursor[tag_key] = page.cursor
+            state = cursor.get(tag_key, {})
+            kept = {key: value for key, value in state.items() if key not in POLLING_KEYS}  # the backfill's
+            for page in self._fetch_tag(tag_key, tag, state):
+                cursor[tag_key] = {**kept, **page.cursor}
                 page.cursor = {key: dict(value) for key, value in cursor.items()}
                 yield page
                 if page.rate_limited_until:
                     return
+
+    def backfill(self, *, since: datetime, cursor: dict) -> Iterator[Page]:
+        """Walk each tag back to `since` with searchPosts (`since`, and `until` = the oldest post walked),
+        at most MAX_BACKFILL_PAGES pages per tag per call. Posts older than `since` are not yielded.
+
+        The polling keys of the cursor are kept as they are; the walk's position is saved in the tag's
+        `backfill_until` (the next `until` to ask for), so a later call resumes there, and a finished walk
+        is marked `backfilled_since` and not repeated for that date or a later one.
+        """
+        self._require_login()
+        since = since.astimezone(timezone.utc)
+        cursor = {key: dict(value) for key, value in cursor.items() if isinstance(value, dict)}
+        for tag_key, tag in self.tags.items():
+            state = cursor.setdefault(tag_key, {})
+            finished = _parse_saved(state.get("backfilled_since"))
+            if finished is not None and finished <= since:
+                continue
+            until = _parse_saved(state.get("backfill_until"))
+            if until is not None and until <= since:
+                # An earlier, deeper walk already passed `since`: nothing left to ask for.
+                state["backfilled_since"] = _iso(since)
+                continue
+            for page in self._backfill_tag(tag_key, tag, since=since, until=until, state=state):
+                page.cursor = {key: dict(value) for key, value in cursor.items()}
+                yield page
+                if page.rate_limited_until:
+                    return
+
+    def _backfill_tag(self, tag_key: str, tag: str, *, since: datetime, until: datetime | None,
+                      state: dict) -> Iterator[Page]:
+        """One tag's walk; `state` (the tag's cursor entry) is updated before each page is yielded."""
+        api_cursor, restarted = None, False
+        for _ in range(MAX_BACKFILL_PAGES):
+            try:
+                page, posts, next_cursor = self._search(tag_key, tag, since=since, until=until,
+                                                        api_cursor=api_cursor)
+            except _StaleCursor:
+                if restarted:
+                    raise PermanentError(f"{self.xrpc.host} refused the search for #{tag} (400)") from None
+                # Start a new search below the oldest post walked so far (saved in the state).
+                restarted, api_cursor = True, None
+                until = _parse_saved(state.get("backfill_until")) or until
+                continue
+            times = [moment for moment in map(sort_at, posts) if moment is not None]
+            page.items = [item for item in page.items if item.created_at >= since]
+            if times:
+                resume_at = min(times) + UNTIL_OVERLAP
+                saved = _parse_saved(state.get("backfill_until"))
+                state["backfill_until"] = _iso(min(resume_at, saved) if saved else resume_at)
+            done = (
+                not posts or not next_cursor or next_cursor == api_cursor
+                # An upstream that ignores `since` would page back forever: stop once past it.
+                or (bool(times) and min(times) < since)
+            )
+            if done:
+                # Everything from the newest post down to `since` (inclusive) has been walked.
+                state["backfill_until"] = _iso(since)
+                state["backfilled_since"] = _iso(since)
+            yield page
+            if done or page.rate_limited_until:
+                return
+            api_cursor = next_cursor
+
+    def recheck(self, posts: list[tuple[str, dict]]) -> Iterator[Recheck]:
+        """Look stored posts up again with getPosts, GET_POSTS_BATCH URIs per request.
+
+        A post getPosts returns comes back as an item, normalised as in fetch; its hashtags are its current
+        ones plus the tracked tags of the stored copy (see `_with_stored_tags`), so removing the tag facet
+        is recorded as an edit, not a reason to drop the post. A URI getPosts leaves out is reported
+        deleted (the AppView returns every post it can show; a deleted or taken-down one is left out).
+        May raise RateLimited, NeedsCredentials, TemporaryError, MalformedResponse, PermanentError.
+        """
+        self._require_login()
+        wanted: dict[str, Any] = {}
+        for external_id, raw in posts:
+            parts = _split_at_uri(external_id) if isinstance(external_id, str) else None
+            if parts is None or parts[1] != POST_COLLECTION or len(external_id) > MAX_URI_CHARS:
+                yield Recheck(external_id=external_id, error=f"not the at:// URI of an {POST_COLLECTION} record")
+            else:
+                wanted.setdefault(external_id, raw)
+        pending = list(wanted.items())
+        for start in range(0, len(pending), GET_POSTS_BATCH):
+            yield from self._recheck_batch(pending[start:start + GET_POSTS_BATCH])
+
+    def _recheck_batch(self, batch: list[tuple[str, Any]]) -> Iterator[Recheck]:
+        uris = [external_id for external_id, _raw in batch]
+        response, token = self._call(GET_POSTS, {"uris": uris})
+        error, _message = _xrpc_error(response)
+        if response.status_code == 400 and error not in AUTH_ERRORS:
+            for uri in uris:
+                yield Recheck(external_id=uri, error=f"{self.xrpc.host} refused {GET_POSTS} ({_describe(response)})")
+            return
+        self._check(response, method=GET_POSTS, authenticated=bool(token), resumed=False)
+        body = json_body(response)
+        found = body.get("posts") if isinstance(body, dict) else None
+        if not isinstance(found, list):
+            raise MalformedResponse(f"expected an object with a posts list from {GET_POSTS} at {self.xrpc.host}",
+                                    raw=body)
+        by_uri: dict[str, Any] = {}
+        for obj in found:
+            post = unwrap_post(obj)
+            if isinstance(post, dict) and isinstance(post.get("uri"), str):
+                by_uri.setdefault(post["uri"], obj)
+        missing = f"not returned by {GET_POSTS} at {self.xrpc.host}: deleted by its author or taken down"
+        if token:  # the AppView also leaves out posts hidden from the viewer by a block
+            missing += f" (or hidden from @{self.session.handle} by a block)"
+        for external_id, raw in batch:
+            obj = by_uri.get(external_id)
+            if obj is None:
+                yield Recheck(external_id=external_id, deleted_reason=missing)
+                continue
+            result = normalise_native(obj, hashtags=())
+            if isinstance(result, NormalisedItem):
+                yield Recheck(external_id=external_id, item=self._with_stored_tags(result, raw))
+            else:
+                yield Recheck(external_id=external_id, error=result.reason)
+
+    def _with_stored_tags(self, item: NormalisedItem, raw: Any) -> NormalisedItem:
+        """The item with the tracked tags its stored copy carried, even if the author removed them since:
+        the post was collected for them and stays listed under them (its old text is kept as a revision).
+        A stored copy without any tracked tag (its tag already removed at an earlier re-check, which
+        stored the new copy) keeps all of the source's tracked tags."""
+        stored = unwrap_post(raw)
+        record = stored.get("record") if isinstance(stored, dict) else None
+        tracked = set(self.tags)
+        kept = set(post_hashtags(record)) & tracked if isinstance(record, dict) else set()
+        missing = (kept or tracked) - set(item.hashtags)
+        if not missing:
+            return item
+        return dataclasses.replace(item, hashtags=tuple(sorted(set(item.hashtags) | missing)))
 
     def _fetch_tag(self, tag_key: str, tag: str, state: dict) -> Iterator[Page]:
         """One tag: `state` is {"newest": ISO sortAt} plus, while a walk is unfinished, {"walk": {"cursor":
@@ -635,19 +785,26 @@ class BlueskyConnector:
                 return
             api_cursor = next_cursor
 
-    def _search(self, tag_key: str, tag: str, *, since: datetime | None,
-                api_cursor: str | None) -> tuple[Page, list, str | None]:
+    def _call(self, method: str, params: dict) -> tuple[requests.Response, str]:
+        """A GET with the session's access token (renewed once when refused), or anonymous without one."""
+        token = self.session.access_token() if self.session else ""
+        response = self.xrpc.call("GET", method, params=params, token=token)
+        if token and self._token_refused(response):
+            token = self.session.replace(token)
+            response = self.xrpc.call("GET", method, params=params, token=token)
+        return response, token
+
+    def _search(self, tag_key: str, tag: str, *, since: datetime | None, api_cursor: str | None,
+                until: datetime | None = None) -> tuple[Page, list, str | None]:
         params: dict = {"q": f"#{tag}", "sort": "latest", "limit": PAGE_LIMIT}
         if since is not None:
             params["since"] = _iso(since)
+        if until is not None:
+            params["until"] = _iso(until)
         if api_cursor:
             params["cursor"] = api_cursor
-        token = self.session.access_token() if self.session else ""
-        response = self.xrpc.call("GET", SEARCH_POSTS, params=params, token=token)
-        if token and self._token_refused(response):
-            token = self.session.replace(token)
-            response = self.xrpc.call("GET", SEARCH_POSTS, params=params, token=token)
-        self._check(response, authenticated=bool(token), resumed=bool(api_cursor))
+        response, token = self._call(SEARCH_POSTS, params)
+        self._check(response, method=SEARCH_POSTS, authenticated=bool(token), resumed=bool(api_cursor))
         page = Page(health_detail={"auth": f"app password of @{self.session.handle}" if token else "anonymous"})
         remaining = self.xrpc.remaining(response)
         if remaining is not None:
@@ -675,9 +832,10 @@ class BlueskyConnector:
             return True
         return response.status_code == 400 and _xrpc_error(response)[0] in ("ExpiredToken", "InvalidToken")
 
-    def _check(self, response: requests.Response, *, authenticated: bool, resumed: bool) -> None:
+    def _check(self, response: requests.Response, *, method: str, authenticated: bool, resumed: bool) -> None:
         status = response.status_code
         error, _message = _xrpc_error(response)
+        what = "search" if method == SEARCH_POSTS else method
         if status in (401, 403) or (status == 400 and error in AUTH_ERRORS):
             if authenticated:
                 raise NeedsCredentials(
@@ -685,16 +843,16 @@ class BlueskyConnector:
                     "check BLUESKY_HANDLE and BLUESKY_APP_PASSWORD"
                 )
             raise NeedsCredentials(
-                f"{self.xrpc.host} refused anonymous search ({_describe(response)}); set BLUESKY_HANDLE and "
+                f"{self.xrpc.host} refused anonymous {what} ({_describe(response)}); set BLUESKY_HANDLE and "
                 "BLUESKY_APP_PASSWORD and register the source at https://bsky.social"
             )
         if status == 400 and resumed:
             raise _StaleCursor()
         if status == 400:
-            raise PermanentError(f"{self.xrpc.host} refused the search ({_describe(response)})")
+            raise PermanentError(f"{self.xrpc.host} refused the {what} ({_describe(response)})")
         if status in (404, 501):
             raise PermanentError(
-                f"{self.xrpc.host} does not serve {SEARCH_POSTS} ({status}): register an XRPC host such as "
+                f"{self.xrpc.host} does not serve {method} ({status}): register an XRPC host such as "
                 "https://public.api.bsky.app or https://bsky.social"
             )
         check_status(response, now=self.xrpc.now(), reset=self.xrpc.reset)
