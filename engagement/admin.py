@@ -7,6 +7,10 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from engagement.models import ApiToken, Article, Author, CollectionRun, Hashtag, Post, PostRevision, RejectedItem, Source
+from engagement.moderation_admin import (
+    ArticleListFilter, AuthorListFilter, AuthorModerationMixin, ClusterListFilter, DecidedByListFilter,
+    ModerationQueueMixin, ReasonListFilter,
+)
 from engagement.sources.base import normalise_tag
 
 
@@ -76,35 +80,38 @@ class RevisionInline(admin.TabularInline):
 
 
 @admin.register(Post)
-class PostAdmin(admin.ModelAdmin):
+class PostAdmin(ModerationQueueMixin, admin.ModelAdmin):
+    """The moderation queue (engagement/moderation_admin.py has its columns, actions and views)."""
+
     inlines = [RevisionInline]
-    # Status right after the text: the column moderators need most must not scroll out of view.
-    list_display = ["excerpt", "status", "author_handle", "platform", "created_at", "open_link"]
-    list_filter = ["platform", "status", HashtagListFilter, LanguageListFilter, "kind", DeletedListFilter,
-                   "created_at"]
+    # State and reasons right after the text: what moderators need most must not scroll out of view.
+    list_display = ["excerpt", "state_badge", "reasons_column", "copies", "author_link", "platform", "context",
+                    "created_at", "open_link"]
+    list_filter = ["status", ReasonListFilter, "platform", HashtagListFilter, LanguageListFilter, "kind",
+                   DecidedByListFilter, DeletedListFilter, "created_at", ClusterListFilter, AuthorListFilter,
+                   ArticleListFilter]
+    actions = ["approve_posts", "reject_posts", "flag_posts"]
     date_hierarchy = "created_at"
     search_fields = ["text", "author__handle", "author__display_name", "external_id"]
-    list_select_related = ["author"]
     list_per_page = 50
+    list_max_show_all = 500
     show_full_result_count = False  # no COUNT(*) over the whole table on every page
     show_facets = admin.ShowFacets.NEVER  # per-option counts would scan the whole table too
     ordering = ["-created_at", "-id"]
+    # The state is never edited here: it changes only through engagement.moderation (the buttons and keys).
     readonly_fields = [
-        "platform", "external_id", "uri", "url", "kind", "author", "article", "source", "created_at",
-        "collected_at", "updated_at", "edited_at", "deleted_at", "deletion_reason", "language", "html", "text",
-        "hashtags", "reply_to", "reply_to_external_id", "reply_count", "repost_count", "like_count", "raw",
+        "status", "decided_by", "decided_at", "screening", "platform", "external_id", "uri", "url", "kind",
+        "author", "article", "source", "created_at", "collected_at", "updated_at", "edited_at", "deleted_at",
+        "deletion_reason", "language", "html", "text", "hashtags", "fingerprint", "reply_to",
+        "reply_to_external_id", "reply_count", "repost_count", "like_count", "raw",
     ]
-    fields = ["status"] + readonly_fields
+    fields = readonly_fields
 
     @admin.display(description="text")
     def excerpt(self, post: Post) -> str:
         text = post.text.replace("\n", " ")
         excerpt = text[:100] + ("…" if len(text) > 100 else "")
         return f"[deleted upstream] {excerpt}" if post.deleted_at else excerpt
-
-    @admin.display(description="author", ordering="author__handle")
-    def author_handle(self, post: Post) -> str:
-        return str(post.author) if post.author else "—"
 
     @admin.display(description="link")
     def open_link(self, post: Post) -> str:
@@ -201,14 +208,13 @@ class RejectedItemAdmin(admin.ModelAdmin):
 
 @admin.register(Hashtag)
 class HashtagAdmin(admin.ModelAdmin):
-    list_display = ["name", "key", "created_at"]
+    list_display = ["name", "key", "moderation", "created_at"]
+    list_editable = ["moderation"]
     search_fields = ["name"]
 
 
 @admin.register(Author)
-class AuthorAdmin(admin.ModelAdmin):
-    list_display = ["handle", "display_name", "platform", "first_seen_at"]
-    list_filter = ["platform"]
+class AuthorAdmin(AuthorModerationMixin, admin.ModelAdmin):
     show_facets = admin.ShowFacets.NEVER
     search_fields = ["handle", "display_name", "external_id"]
     show_full_result_count = False

@@ -22,11 +22,13 @@ from django.db.models import CharField, DateTimeField, DurationField, Expression
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
+from engagement import moderation
 from engagement.models import (
     Article,
     Author,
     CollectionRun,
     Hashtag,
+    ModerationEvent,
     Platform,
     Post,
     PostRevision,
@@ -122,9 +124,11 @@ _POST_UPDATED_COLUMNS = (
 )
 # Kept when a later copy does not know them (a post seen without its article or author).
 _POST_KEPT_COLUMNS = ("author_id", "article_id")
+# Set by screening when a post is first stored, never overwritten by a later copy.
+_POST_SCREENING_COLUMNS = ("status", "reasons", "reason_codes", "decided_by", "decided_at")
 _POST_COLUMNS = (
-    "platform", "external_id", "source_id", "created_at", "collected_at", "updated_at", "status",
-) + _POST_KEPT_COLUMNS + _POST_UPDATED_COLUMNS
+    "platform", "external_id", "source_id", "created_at", "collected_at", "updated_at",
+) + _POST_SCREENING_COLUMNS + _POST_KEPT_COLUMNS + _POST_UPDATED_COLUMNS + ("fingerprint",)
 
 
 def _values(rows: list[tuple]) -> tuple[str, list]:
@@ -199,31 +203,51 @@ def upsert_posts(items: list[NormalisedItem], *, source_id: int | None,
         Article, keys=("url",), refreshed=("title", "published_at", "external_id"), first_only=("source_id",),
         rows=[(url, a.title, a.published_at, a.external_id, source_id, now) for (url,), a in articles.items()],
     )
+    keys = list(unique)
+    prints = {key: moderation.fingerprint(item.text) for key, item in unique.items()}
+    verdicts = moderation.screen([
+        moderation.Candidate(
+            key=key, text=item.text, html=item.html, hashtags=item.hashtags, created_at=item.created_at,
+            author_id=author_ids.get((item.platform, item.author.external_id)) if item.author else None,
+            fingerprint=prints[key],
+        ) for key, item in unique.items()
+    ])
     rows = []
-    for item in unique.values():
+    for key, item in unique.items():
+        verdict = verdicts[key]
         rows.append((
-            item.platform, item.external_id, source_id, item.created_at, now, now, Post.Status.PENDING,
+            item.platform, item.external_id, source_id, item.created_at, now, now,
+            verdict.status, Jsonb(verdict.reasons), verdict.reason_codes, verdict.actor, now,
             author_ids.get((item.platform, item.author.external_id)) if item.author else None,
             article_ids.get((item.article.url,)) if item.article else None,
             item.uri, item.url, item.kind, item.edited_at, item.language, item.html, item.text,
             list(item.hashtags), item.reply_to_external_id, item.reply_count, item.repost_count,
-            item.like_count, Jsonb(item.raw),
+            item.like_count, Jsonb(item.raw), prints[key],
         ))
     replaced = _replaced_versions(unique) if record_revisions else []
     values, params = _values(rows)
     kept = {col: f"COALESCE(EXCLUDED.{col}, p.{col})" for col in _POST_KEPT_COLUMNS}
-    new_values = {**{col: f"EXCLUDED.{col}" for col in _POST_UPDATED_COLUMNS}, **kept}
+    new_values = {**{col: f"EXCLUDED.{col}" for col in _POST_UPDATED_COLUMNS + ("fingerprint",)}, **kept}
     sql = (
         f"INSERT INTO {Post._meta.db_table} AS p ({', '.join(_POST_COLUMNS)}) VALUES {values} "
         "ON CONFLICT (platform, external_id) DO UPDATE SET "
         + ", ".join(f"{col} = {expr}" for col, expr in new_values.items())
         + ", updated_at = EXCLUDED.updated_at "
         + f"WHERE ({', '.join('p.' + col for col in new_values)}) IS DISTINCT FROM ({', '.join(new_values.values())}) "
-        + "RETURNING (xmax = 0) AS inserted"
+        + "RETURNING id, platform, external_id, (xmax = 0) AS inserted"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        results = [inserted for (inserted,) in cursor.fetchall()]
+        returned = cursor.fetchall()
+    results = [inserted for _pk, _platform, _external_id, inserted in returned]
+    # The audit trail starts when a post is stored: its first state and why (screening's hits).
+    ModerationEvent.objects.bulk_create([
+        ModerationEvent(post_id=pk, at=now, actor=verdicts[key].actor, to_state=verdicts[key].status,
+                        reason_code=verdicts[key].reason_code, rule_id=verdicts[key].rule_id,
+                        details=verdicts[key].reasons)
+        for pk, platform, external_id, inserted in returned if inserted
+        for key in [(platform, external_id)]
+    ])
     if replaced:
         PostRevision.objects.bulk_create(replaced)
     if any(platform in REPLY_PLATFORMS for platform, _ in unique):

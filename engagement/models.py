@@ -29,8 +29,14 @@ class Platform(models.TextChoices):
 
 
 class Hashtag(models.Model):
+    class Moderation(models.TextChoices):
+        PRE = "pre", "pre-moderation: every post waits for a moderator"
+        POST = "post", "post-moderation: approved unless screening flags or rejects it"
+
     name = models.CharField(max_length=100, help_text="As editors write it, without '#'.")
     key = models.CharField(max_length=100, unique=True, editable=False)
+    moderation = models.CharField(max_length=8, choices=Moderation.choices, default=Moderation.PRE,
+                                  db_default=Moderation.PRE)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -154,6 +160,12 @@ class Source(models.Model):
         return timezone.now() - self.last_success_at if self.last_success_at else None
 
 
+class Standing(models.TextChoices):
+    NORMAL = "normal", "normal"
+    BANNED = "banned", "banned"
+    ALLOWED = "allowed", "allow-listed"
+
+
 class Author(models.Model):
     platform = models.CharField(max_length=32, choices=Platform.choices)
     external_id = models.CharField(max_length=2048, help_text="The platform's global id or URI of the account.")
@@ -161,6 +173,13 @@ class Author(models.Model):
     display_name = models.CharField(max_length=300, blank=True)
     url = models.URLField(max_length=2048, blank=True)
     first_seen_at = models.DateTimeField(default=timezone.now)
+    # Moderation: a banned author's posts are rejected at ingest, an allow-listed author's approved.
+    standing = models.CharField(max_length=8, choices=Standing.choices, default=Standing.NORMAL,
+                                db_default=Standing.NORMAL)
+    standing_changed_at = models.DateTimeField(null=True, blank=True)
+    standing_changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                            on_delete=models.SET_NULL, related_name="+")
+    notes = models.TextField(blank=True, db_default="", help_text="Moderators' notes on this author.")
 
     class Meta:
         constraints = [
@@ -196,6 +215,15 @@ class PostQuerySet(models.QuerySet):
     def alive(self):
         """Posts not deleted upstream: what the API, summaries and exports show."""
         return self.filter(deleted_at__isnull=True)
+
+
+class Actor(models.TextChoices):
+    """Who made a moderation decision."""
+
+    PERSON = "person", "a person"
+    RULE = "rule", "a rule"
+    MODEL = "model", "a model"
+    SYSTEM = "system", "the hashtag's default"
 
 
 class Post(models.Model):
@@ -242,6 +270,14 @@ class Post(models.Model):
     deleted_at = models.DateTimeField(null=True, blank=True)
     deletion_reason = models.CharField(max_length=300, blank=True, db_default="")
     last_checked_at = models.DateTimeField(null=True, blank=True, help_text="Last re-check for edits and deletion.")
+    # Moderation (engagement/moderation.py): the text's near-duplicate cluster key ('' when too short to
+    # compare), why the current state was chosen, and who chose it.
+    fingerprint = models.CharField(max_length=32, blank=True, db_default="")
+    reasons = models.JSONField(default=list, blank=True, db_default=[],
+                               help_text="Screening hits: phase, rule, matched terms with positions, score.")
+    reason_codes = ArrayField(models.CharField(max_length=32), default=list, blank=True, db_default=[])
+    decided_by = models.CharField(max_length=8, choices=Actor.choices, blank=True, db_default="")
+    decided_at = models.DateTimeField(null=True, blank=True)
 
     objects = PostQuerySet.as_manager()
 
@@ -256,7 +292,11 @@ class Post(models.Model):
             models.Index(fields=["platform", "-created_at"], name="post_platform_created_idx"),
             models.Index(fields=["language"], name="post_language_idx"),
             GinIndex(fields=["hashtags"], name="post_hashtags_gin"),
+            GinIndex(fields=["reason_codes"], name="post_reason_codes_gin"),
+            models.Index(fields=["fingerprint"], name="post_fingerprint_idx", condition=~Q(fingerprint="")),
+            models.Index(fields=["author", "-created_at"], name="post_author_created_idx"),
         ]
+        permissions = [("moderate_post", "Can approve, reject and flag posts")]
 
     def __str__(self) -> str:
         return f"{self.platform}:{self.external_id}"
@@ -364,3 +404,160 @@ class ApiToken(models.Model):
         key = secrets.token_urlsafe(32)
         token = cls.objects.create(user=user, scope=scope, name=name, key_prefix=key[:8], key_hash=_hash_key(key))
         return token, key
+
+
+# --- moderation ----------------------------------------------------------------------------------
+
+
+class ReasonCode(models.TextChoices):
+    """Why a post is in its state: the codes a person picks and the ones screening records."""
+
+    # Chosen by moderators.
+    SPAM = "spam", "spam"
+    ABUSE = "abuse", "abuse or harassment"
+    OFF_TOPIC = "off-topic", "off-topic"
+    PERSONAL_DATA = "personal-data", "personal data"
+    MISINFORMATION = "misinformation", "misinformation"
+    DUPLICATE = "duplicate", "duplicate"
+    OK = "ok", "fine to publish"
+    OTHER = "other", "other"
+    # Recorded by screening and by jobs.
+    BANNED_WORD = "banned-word", "banned word or phrase"
+    SUSPECT_WORD = "suspect-word", "suspect word"
+    AUTHOR_BANNED = "author-banned", "author banned"
+    AUTHOR_ALLOWED = "author-allowed", "author allow-listed"
+    TOO_MANY_LINKS = "too-many-links", "too many links"
+    DUPLICATE_OF_REJECTED = "duplicate-of-rejected", "near-duplicate of a rejected post"
+    BURST = "burst", "near-duplicate burst (coordinated posting)"
+    CHECK_FAILED = "check-failed", "a screening check failed"
+    PRE_MODERATION = "pre-moderation", "waits for a moderator (pre-moderation)"
+    POST_MODERATION = "post-moderation", "approved by default (post-moderation)"
+    RULE_CHANGED = "rule-changed", "a changed rule no longer matches"
+    UNDO = "undo", "undo of a bulk job"
+
+
+PERSON_REASONS = [ReasonCode.SPAM, ReasonCode.ABUSE, ReasonCode.OFF_TOPIC, ReasonCode.PERSONAL_DATA,
+                  ReasonCode.MISINFORMATION, ReasonCode.DUPLICATE, ReasonCode.OK, ReasonCode.OTHER]
+
+
+class ModerationRule(models.Model):
+    """A screening rule moderators edit in the admin (the built-in phases are settings)."""
+
+    class Kind(models.TextChoices):
+        BANNED = "banned", "banned words and phrases (reject)"
+        SUSPECT = "suspect", "suspect words (flag for review)"
+        LINKS = "links", "too many links (flag for review)"
+
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    terms = models.TextField(blank=True, help_text="One word or phrase per line; matched casefolded, "
+                             "as whole words, in any script.")
+    threshold = models.PositiveIntegerField(null=True, blank=True,
+                                            help_text="Links rule: flag posts with more links than this.")
+    hashtag = models.ForeignKey(Hashtag, null=True, blank=True, on_delete=models.CASCADE,
+                                help_text="Only posts with this hashtag; empty for every hashtag.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+
+    class Meta:
+        ordering = ["kind", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def term_list(self) -> list[str]:
+        return [line.strip() for line in self.terms.splitlines() if line.strip()]
+
+
+class BulkJob(models.Model):
+    """A moderation change over many posts, run in the worker; its audit entries carry its id."""
+
+    class Kind(models.TextChoices):
+        FILTER = "filter", "posts matching a filter"
+        AUTHOR = "author", "posts by authors"
+        CLUSTER = "cluster", "near-duplicate clusters"
+        RULE = "rule", "posts matching a rule"
+        UNDO = "undo", "undo of a job"
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        DONE = "done", "done"
+        FAILED = "failed", "failed"
+
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    description = models.CharField(max_length=500)
+    to_state = models.CharField(max_length=16, choices=Post.Status.choices)
+    reason_code = models.CharField(max_length=32, choices=ReasonCode.choices)
+    note = models.TextField(blank=True)
+    actor = models.CharField(max_length=8, choices=Actor.choices, default=Actor.PERSON)
+    rule = models.ForeignKey(ModerationRule, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    undo_of = models.OneToOneField("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="undone_by")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.QUEUED)
+    total = models.PositiveIntegerField(default=0, help_text="Posts selected when the job was created.")
+    done = models.PositiveIntegerField(default=0, help_text="Posts processed so far.")
+    changed = models.PositiveIntegerField(default=0, help_text="Posts whose state this job changed.")
+    position = models.BigIntegerField(default=0, help_text="Last job item processed (a restarted job resumes after it).")
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "bulk moderation job"
+
+    def __str__(self) -> str:
+        return f"job {self.pk}: {self.description}"
+
+    @property
+    def progress(self) -> int:
+        return 100 if not self.total else min(100, round(100 * self.done / self.total))
+
+
+class BulkJobItem(models.Model):
+    """A post selected by a bulk job (the set is fixed when the job is created, as previewed)."""
+
+    job = models.ForeignKey(BulkJob, on_delete=models.CASCADE, related_name="items")
+    post = models.ForeignKey(Post, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        indexes = [models.Index(fields=["job", "post"], name="bulkjobitem_job_post_idx")]
+
+
+class ModerationEvent(models.Model):
+    """One state change of one post: the audit trail. Nothing changes a state without one."""
+
+    post = models.ForeignKey(Post, null=True, on_delete=models.SET_NULL, related_name="moderation_events")
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.CharField(max_length=8, choices=Actor.choices)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="moderation_events")
+    from_state = models.CharField(max_length=16, blank=True, help_text="Empty when the post was first stored.")
+    to_state = models.CharField(max_length=16, choices=Post.Status.choices)
+    reason_code = models.CharField(max_length=32, choices=ReasonCode.choices)
+    note = models.TextField(blank=True)
+    rule = models.ForeignKey(ModerationRule, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    job = models.ForeignKey(BulkJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    details = models.JSONField(default=list, blank=True, help_text="Screening hits behind the decision.")
+    # The post's decision fields before this change (decided_by, decided_at, reason_codes), so an undo
+    # restores the exact previous state.
+    previous = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            models.Index(fields=["post", "-at"], name="modevent_post_at_idx"),
+            models.Index(fields=["-at"], name="modevent_at_idx"),
+            models.Index(fields=["job"], name="modevent_job_idx"),
+        ]
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit trail"
+
+    def __str__(self) -> str:
+        return f"{self.post_id}: {self.from_state or 'new'} -> {self.to_state} ({self.reason_code})"

@@ -268,6 +268,13 @@ ENGAGEMENT_CREDENTIALS = {
     for platform, values in ENGAGEMENT_CREDENTIALS.items()
 }
 
+# Moderation screening (engagement/moderation.py). A near-duplicate burst: this many different authors
+# posting the same text within this many seconds (coordinated posting) flags the posts for review.
+ENGAGEMENT_BURST_AUTHORS = env_int("ENGAGEMENT_BURST_AUTHORS", 5, minimum=2)
+ENGAGEMENT_BURST_WINDOW = env_int("ENGAGEMENT_BURST_WINDOW", 600, minimum=1)
+# A screening phase that reads the database longer than this is cancelled and recorded as "check failed".
+ENGAGEMENT_SCREENING_TIMEOUT_MS = env_int("ENGAGEMENT_SCREENING_TIMEOUT_MS", 2000, minimum=1)
+
 ENGAGEMENT_ADMIN_USER = env_str("ENGAGEMENT_ADMIN_USER", "admin")
 ENGAGEMENT_ADMIN_PASSWORD = env_str("ENGAGEMENT_ADMIN_PASSWORD")
 

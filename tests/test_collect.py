@@ -95,9 +95,11 @@ def test_ingest_stores_a_page_with_one_bulk_statement(upstream, size):
         collect.store_page(source, run_row, page)
     statements = [q["sql"] for q in queries.captured_queries]
     assert len([sql for sql in statements if sql.startswith('INSERT INTO engagement_post')]) == 1
-    # Authors in one upsert, the stored versions in one SELECT (for revisions), posts in one, the cursor
-    # in one, plus the savepoint pair: never a statement per post.
-    assert len(statements) <= 6, statements
+    # Authors in one upsert, the stored versions in one SELECT (for revisions), screening (rules, hashtag
+    # modes, the statement timeout set and restored, three lookups in a savepoint each), posts in one, their
+    # audit entries in one, the cursor in one, plus savepoints: never a statement per post.
+    assert len(statements) <= 22, statements
+    assert len([sql for sql in statements if "engagement_moderationevent" in sql]) == 1
     assert Post.objects.count() == size
 
 

@@ -54,3 +54,13 @@ def recheck_due_sources() -> int:
 def recheck_source(self, source_id: int) -> None:
     """Idempotent: a post re-checked twice is stored once, and a running poll holds the source's lease."""
     collect.recheck_source(source_id, owner=self.request.id or "recheck_source")
+
+
+# A bulk job commits chunk by chunk and resumes after the last committed one, so a long job may run for
+# an hour; a killed or timed-out worker's redelivered message carries on from where it stopped.
+@shared_task(soft_time_limit=3600, time_limit=3700)
+def run_bulk_job(job_id: int) -> int:
+    """Run a bulk moderation job (or an undo); returns how many posts changed state."""
+    from engagement import moderation
+
+    return moderation.run_job(job_id).changed
