@@ -271,7 +271,8 @@ def _replaced_versions(unique: dict[tuple[str, str], NormalisedItem]) -> list[Po
         PostRevision(post_id=pk, text=text, html=html, edited_at=edited_at,
                      raw=json.loads(raw) if isinstance(raw, str) else raw)
         for pk, platform, external_id, text, html, edited_at, raw in stored
-        if (text, html) != (unique[(platform, external_id)].text, unique[(platform, external_id)].html)
+        # Whitespace around the HTML is not an edit (feeds and APIs wrap the same comment differently).
+        if (text, html.strip()) != (unique[(platform, external_id)].text, unique[(platform, external_id)].html.strip())
     ]
 
 
@@ -593,8 +594,12 @@ def backfill_source(source_id: int, *, since: datetime, owner: str,
             raise SourceError(f"{source.platform} sources cannot backfill yet")
         run = CollectionRun.objects.create(source=source, message=f"backfill since {since.isoformat()}")
         try:
+            health_detail: dict = {}
             for page in connector.backfill(since=since, cursor=source.cursor):
                 new, updated = store_page(source, run, page)
+                health_detail.update(page.health_detail)
+                if page.note and page.note not in run.message:
+                    run.message = f"{run.message}: {page.note}"
                 run.pages += 1
                 run.fetched += page.fetched
                 run.new += new
@@ -606,6 +611,8 @@ def backfill_source(source_id: int, *, since: datetime, owner: str,
                     Source.objects.filter(pk=source_id).update(rate_limited_until=page.rate_limited_until)
                     break
             run.outcome = CollectionRun.Outcome.PARTIAL if run.errors else CollectionRun.Outcome.OK
+            if health_detail:  # e.g. the quota a backfill spent
+                Source.objects.filter(pk=source_id).update(health_detail={**source.health_detail, **health_detail})
         except RateLimited as exc:
             Source.objects.filter(pk=source_id).update(rate_limited_until=exc.until)
             run.outcome, run.message = CollectionRun.Outcome.RATE_LIMITED, f"{run.message}: {exc}"

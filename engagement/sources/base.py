@@ -117,6 +117,8 @@ class Page:
     rate_limited_until: datetime | None = None
     # Facts shown with the source's health, merged into Source.health_detail (e.g. {"quota_left": 9400}).
     health_detail: dict = field(default_factory=dict)
+    # Something the run should say without failing (e.g. "the feed holds only its latest entries").
+    note: str = ""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ any RSS 2.0 or Atom feed whose entries are comments).
   feed's `rel="next"`, an archived feed's `rel="prev-archive"`), they are followed back to `since`, at
   most MAX_BACKFILL_PAGES documents per call, the next one kept in the cursor as `backfill_next`. Without
   them the feed is read once (unconditionally); when its entries do not reach back to `since` the run
-  fails with FeedHistoryUnavailable saying so. WordPress comment feeds have no such links, and `?paged=N`
+  stores them and says so (the page's note). WordPress comment feeds have no such links, and `?paged=N`
   does not page them: WP_Query builds comment-feed queries with `LIMIT <posts_per_rss>` and no offset.
 - Re-check: the feed is read again unconditionally (no If-None-Match / If-Modified-Since). A stored entry
   still in it is an item (the store keeps the old text as a revision when it changed). A stored entry
@@ -110,11 +110,6 @@ class FeedDocument:
 
 class FeedNotFound(PermanentError):
     """404 for a feed URL."""
-
-
-class FeedHistoryUnavailable(PermanentError):
-    """A backfill cannot reach its date: the feed holds only its latest entries and has no RFC 5005 links
-    to older ones."""
 
 
 def check_status_waiting(response: requests.Response, *, now: datetime) -> None:
@@ -429,15 +424,15 @@ class FeedConnector:
 
         Entries older than `since` are not yielded. The polling validators are kept as they are; the next
         document to read is kept as `backfill_next`, a finished walk as `backfilled_since`. A feed without
-        such links is read once; when its entries do not reach back to `since`, FeedHistoryUnavailable is
-        raised after its page (and again, without a request, on later calls for the same date).
+        such links is read once; when its entries do not reach back to `since`, its page carries a note
+        saying so (and later calls for the same date yield that note again, without a request).
         """
         cursor = dict(cursor)
         if _reached(cursor.get("backfilled_since"), since):
             limit = cursor.get("backfill_limit")
             # The walk was done; it only fell short when the feed's oldest entry was newer than `since`.
             if isinstance(limit, str) and not _reached(limit, since):
-                raise FeedHistoryUnavailable(_no_history(limit))
+                yield Page(cursor=dict(cursor), note=_no_history(limit))
             return
         url = cursor["backfill_next"] if isinstance(cursor.get("backfill_next"), str) else self.url
         read: set[str] = set()
@@ -464,9 +459,9 @@ class FeedConnector:
             else:
                 cursor["backfill_next"] = older
             page.cursor = dict(cursor)
-            yield page
             if limit is not None:
-                raise FeedHistoryUnavailable(_no_history(limit))
+                page.note = _no_history(limit)
+            yield page
             if finished:
                 return
             url = older

@@ -79,4 +79,4 @@ class Command(BaseCommand):
             self.stdout.write(f"{label}: skipped (disabled, rate-limited, or a worker is polling it now)")
             return
         self.stdout.write(f"{label}: backfill {run.outcome} pages={run.pages} fetched={run.fetched} new={run.new} "
-                          f"updated={run.updated} errors={run.errors}")
+                          f"updated={run.updated} errors={run.errors}" + (f" ({run.message})" if run.message else ""))
