@@ -31,20 +31,11 @@ import tracemalloc
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "engagement.settings")
+from common import bench_database
 
 # Items per upsert when filling the table: the same batch as the import uses.
 FILL_BATCH = 1_000
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
-
-
-def admin_connection(db: dict):
-    import psycopg
-
-    return psycopg.connect(dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"] or None,
-                           host=db["HOST"] or None, port=db["PORT"] or None, autocommit=True)
 
 
 def realistic_item(n: int, *, prefix: str):
@@ -184,24 +175,12 @@ def main() -> None:
     args = parser.parse_args()
     sizes = sorted(int(size) for size in args.sizes.split(","))
 
-    from django.conf import settings
-
-    db = settings.DATABASES["default"]
-    bench_name = f"engagement_bench_{os.getpid()}"
-    with admin_connection(db) as conn:
-        conn.execute(f'CREATE DATABASE "{bench_name}"')
-    configured = db["NAME"]
-    db["NAME"] = bench_name  # before django.setup(): every connection of this process uses the bench database
-    try:
-        import django
-        from django.core.management import call_command
+    with bench_database() as bench_name:
         from django.db import connection
 
-        django.setup()
-        call_command("migrate", verbosity=0)
         from engagement import transfer
 
-        print(f"database {bench_name} on {db['HOST'] or 'localhost'} (PostgreSQL {connection.pg_version // 10000}); "
+        print(f"database {bench_name} (PostgreSQL {connection.pg_version // 10000}); "
               f"export pages of {transfer.EXPORT_PAGE_SIZE:,} rows")
         print(f"\n{'rows':>8}  {'what':<26}{'s':>7}{'rows/s':>10}{'peak MB':>10}{'RSS MB':>9}")
         stored = 0
@@ -215,14 +194,6 @@ def main() -> None:
                 print(f"{size:>8,}  {label:<26}{seconds:>7.1f}{size / seconds:>10,.0f}{peak:>10.1f}{rss:>9.1f}",
                       flush=True)
         import_bench(args.import_lines, args.broken, args.progress or sys.stderr.isatty())
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        db["NAME"] = configured
-        with admin_connection(db) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{bench_name}" WITH (FORCE)')
-        print(f"\ndropped {bench_name}")
 
 
 if __name__ == "__main__":

@@ -554,7 +554,7 @@ class ModerationEvent(models.Model):
         indexes = [
             models.Index(fields=["post", "-at"], name="modevent_post_at_idx"),
             models.Index(fields=["-at"], name="modevent_at_idx"),
-            models.Index(fields=["job"], name="modevent_job_idx"),
+            models.Index(fields=["job", "post"], name="modevent_job_post_idx"),  # undo reads a job's entries
         ]
         verbose_name = "audit entry"
         verbose_name_plural = "audit trail"

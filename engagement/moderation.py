@@ -396,10 +396,12 @@ def restore(job: BulkJob, undo: BulkJob, post_ids: Sequence[int]) -> int:
     post, event = Post._meta.db_table, ModerationEvent._meta.db_table
     now = timezone.now()
     sql = f"""
-        WITH target AS (
-            SELECT p.id, p.status, e.from_state, e.previous FROM {post} p
-            JOIN {event} e ON e.post_id = p.id AND e.job_id = %s
-            WHERE p.id = ANY(%s) AND p.status = e.to_state AND e.from_state <> '' ORDER BY p.id FOR UPDATE OF p
+        WITH entries AS MATERIALIZED (
+            SELECT post_id, from_state, to_state, previous FROM {event}
+            WHERE job_id = %s AND post_id = ANY(%s) AND from_state <> ''
+        ), target AS (
+            SELECT p.id, p.status, e.from_state, e.previous FROM {post} p JOIN entries e ON e.post_id = p.id
+            WHERE p.id = ANY(%s) AND p.status = e.to_state ORDER BY p.id FOR UPDATE OF p
         ), changed AS (
             UPDATE {post} p SET status = t.from_state,
                 decided_by = COALESCE(t.previous->>'decided_by', ''),
@@ -413,7 +415,7 @@ def restore(job: BulkJob, undo: BulkJob, post_ids: Sequence[int]) -> int:
         SELECT id, %s::timestamptz, %s, %s::bigint, old_status, new_status, %s, %s, NULL, %s::bigint,
                '[]'::jsonb, '{{}}'::jsonb FROM changed
     """
-    params = [job.pk, list(post_ids), now, undo.actor, undo.created_by_id, ReasonCode.UNDO,
+    params = [job.pk, list(post_ids), list(post_ids), now, undo.actor, undo.created_by_id, ReasonCode.UNDO,
               undo.note or f"undo of job {job.pk}", undo.pk]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, params)
