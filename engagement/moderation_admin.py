@@ -61,6 +61,20 @@ def reason_badges(codes, reasons=()) -> str:
     )
 
 
+def highlighted(text: str, reasons) -> str:
+    """The text, escaped, with every matched term of the screening hits marked."""
+    spans = sorted({(t["start"], t["end"]) for hit in reasons or () for t in hit.get("terms", [])
+                    if isinstance(t.get("start"), int) and isinstance(t.get("end"), int)})
+    parts, position = [], 0
+    for start, end in spans:
+        if start < position or end > len(text):
+            continue
+        parts.append(format_html("{}<mark>{}</mark>", text[position:start], text[start:end]))
+        position = end
+    parts.append(format_html("{}", text[position:]))
+    return format_html_join("", "{}", ((part,) for part in parts))
+
+
 def explain(reasons) -> str:
     """A post's screening hits, one line each: phase, rule, matched terms with positions, score, by whom."""
     if not reasons:
@@ -335,6 +349,7 @@ class ModerationQueueMixin:
             **self.admin_site.each_context(request), "title": "Review one post at a time", "opts": self.model._meta,
             "post": post, "remaining": queryset.count(), "can_moderate": can_moderate(request),
             "reasons": PERSON_REASONS, "query": request.GET.urlencode(),
+            "text": highlighted(post.text, post.reasons) if post else "",
             "screening": explain(post.reasons) if post else "", "badges": reason_badges(
                 post.reason_codes, post.reasons) if post else "",
             "thread": _thread(post) if post else [],
@@ -343,7 +358,8 @@ class ModerationQueueMixin:
         return TemplateResponse(request, "admin/engagement/post/review.html", context)
 
     def changelist_view(self, request, extra_context=None):
-        extra = {**(extra_context or {}), "can_moderate": can_moderate(request), "reasons": PERSON_REASONS}
+        extra = {"title": "Moderation queue", **(extra_context or {}), "can_moderate": can_moderate(request),
+                 "reasons": PERSON_REASONS}
         return super().changelist_view(request, extra)
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
@@ -354,6 +370,7 @@ class ModerationQueueMixin:
                 extra.update({
                     "can_moderate": can_moderate(request), "reasons": PERSON_REASONS, "post": post,
                     "screening": explain(post.reasons), "badges": reason_badges(post.reason_codes, post.reasons),
+                    "text": highlighted(post.text, post.reasons),
                     "events": list(post.moderation_events.select_related("user", "rule", "job")[:50]),
                     "thread": _thread(post),
                 })

@@ -194,3 +194,14 @@ def test_a_post_page_explains_its_screening_and_shows_its_audit_trail(moderator_
     page = moderator_client.get(f"/admin/engagement/post/{post.pk}/change/").content.decode()
     assert "war words" in page and "“мобілізація” (5–16)" in page
     assert "new → flagged" in page
+
+
+def test_matched_words_are_marked_in_the_text_which_stays_escaped(moderator_client):
+    ModerationRule.objects.create(name="war words", kind="suspect", terms="мобілізація")
+    [post] = store(item(1, "<script>alert(1)</script> мобілізація & <b>мир</b>"))
+    page = moderator_client.get("/admin/engagement/post/review/?status=flagged").content.decode()
+    assert ("&lt;script&gt;alert(1)&lt;/script&gt; <mark>мобілізація</mark> &amp; &lt;b&gt;мир&lt;/b&gt;"
+            in page)
+    assert "<script>alert(1)" not in page
+    detail = moderator_client.get(f"/admin/engagement/post/{post.pk}/change/").content.decode()
+    assert "<mark>мобілізація</mark>" in detail
