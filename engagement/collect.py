@@ -22,7 +22,7 @@ from django.db.models import CharField, DateTimeField, DurationField, Expression
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from engagement import moderation
+from engagement import moderation, rollups
 from engagement.models import (
     Article,
     Author,
@@ -232,7 +232,9 @@ def upsert_posts(items: list[NormalisedItem], *, source_id: int | None,
         f"INSERT INTO {Post._meta.db_table} AS p ({', '.join(_POST_COLUMNS)}) VALUES {values} "
         "ON CONFLICT (platform, external_id) DO UPDATE SET "
         + ", ".join(f"{col} = {expr}" for col, expr in new_values.items())
-        + ", updated_at = EXCLUDED.updated_at "
+        + ", updated_at = EXCLUDED.updated_at"
+        # An edited text is scored again (a person's correction of the label stays).
+        + ", scored_at = CASE WHEN p.text IS DISTINCT FROM EXCLUDED.text THEN NULL ELSE p.scored_at END "
         + f"WHERE ({', '.join('p.' + col for col in new_values)}) IS DISTINCT FROM ({', '.join(new_values.values())}) "
         + "RETURNING id, platform, external_id, (xmax = 0) AS inserted"
     )
@@ -252,6 +254,7 @@ def upsert_posts(items: list[NormalisedItem], *, source_id: int | None,
         PostRevision.objects.bulk_create(replaced)
     if any(platform in REPLY_PLATFORMS for platform, _ in unique):
         _link_replies(list(unique))
+    rollups.refresh_hours(item.created_at for item in unique.values())
     new = sum(1 for inserted in results if inserted)
     return new, len(results) - new
 
@@ -339,7 +342,19 @@ def store_page(source: Source, run: CollectionRun, page: Page) -> tuple[int, int
         if page.cursor:
             Source.objects.filter(pk=source.pk).update(cursor=page.cursor)
             source.cursor = page.cursor
+        if new or updated:
+            # Score what this page brought in as soon as it is committed (beat's sweep catches any miss).
+            transaction.on_commit(_queue_scoring)
     return new, updated
+
+
+def _queue_scoring() -> None:
+    from worker.tasks import score_pending
+
+    try:
+        score_pending.delay()
+    except Exception:  # noqa: BLE001 - a broker hiccup must not fail a stored page; the sweep scores it
+        logger.warning("could not queue scoring; beat's sweep will score these posts", exc_info=True)
 
 
 # --- running a source ----------------------------------------------------------------------------
@@ -547,8 +562,11 @@ def recheck_source(source_id: int, *, owner: str, now: datetime | None = None) -
                 if result.item is not None:
                     edited_items.append(result.item)
                 elif result.deleted_reason:
-                    deleted += Post.objects.filter(pk=ids[result.external_id], deleted_at__isnull=True).update(
+                    gone = Post.objects.filter(pk=ids[result.external_id], deleted_at__isnull=True).update(
                         deleted_at=timezone.now(), deletion_reason=result.deleted_reason[:300])
+                    if gone:
+                        rollups.refresh_for_posts([ids[result.external_id]])
+                    deleted += gone
                 else:
                     errors += 1
         except RateLimited as exc:

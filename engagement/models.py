@@ -217,6 +217,13 @@ class PostQuerySet(models.QuerySet):
         return self.filter(deleted_at__isnull=True)
 
 
+class Sentiment(models.TextChoices):
+    POSITIVE = "positive", "positive"
+    NEGATIVE = "negative", "negative"
+    NEUTRAL = "neutral", "neutral"
+    UNSCORED = "unscored", "not scored"
+
+
 class Actor(models.TextChoices):
     """Who made a moderation decision."""
 
@@ -278,6 +285,20 @@ class Post(models.Model):
     reason_codes = ArrayField(models.CharField(max_length=32), default=list, blank=True, db_default=[])
     decided_by = models.CharField(max_length=8, choices=Actor.choices, blank=True, db_default="")
     decided_at = models.DateTimeField(null=True, blank=True)
+    # Sentiment (engagement/sentiment.py): `sentiment` is the label every figure uses (a person's correction
+    # when there is one, else the backend's); '' until the post is scored.
+    sentiment = models.CharField(max_length=10, choices=Sentiment.choices, blank=True, db_default="")
+    sentiment_auto = models.CharField(max_length=10, choices=Sentiment.choices, blank=True, db_default="",
+                                      help_text="The backend's label.")
+    sentiment_score = models.FloatField(null=True, blank=True, help_text="The backend's compound, -1 to 1.")
+    sentiment_backend = models.CharField(max_length=100, blank=True, db_default="",
+                                         help_text="Backend name and version.")
+    sentiment_reason = models.CharField(max_length=200, blank=True, db_default="",
+                                        help_text="Why a post is not scored (unsupported language, empty text).")
+    scored_at = models.DateTimeField(null=True, blank=True, help_text="Empty: waiting to be scored.")
+    sentiment_corrected_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                               on_delete=models.SET_NULL, related_name="+")
+    sentiment_corrected_at = models.DateTimeField(null=True, blank=True)
 
     objects = PostQuerySet.as_manager()
 
@@ -295,8 +316,10 @@ class Post(models.Model):
             GinIndex(fields=["reason_codes"], name="post_reason_codes_gin"),
             models.Index(fields=["fingerprint"], name="post_fingerprint_idx", condition=~Q(fingerprint="")),
             models.Index(fields=["author", "-created_at"], name="post_author_created_idx"),
+            models.Index(fields=["id"], name="post_unscored_idx", condition=Q(scored_at__isnull=True)),
         ]
-        permissions = [("moderate_post", "Can approve, reject and flag posts")]
+        permissions = [("moderate_post", "Can approve, reject and flag posts"),
+                       ("correct_sentiment", "Can correct a post's sentiment label")]
 
     def __str__(self) -> str:
         return f"{self.platform}:{self.external_id}"
@@ -561,3 +584,54 @@ class ModerationEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.post_id}: {self.from_state or 'new'} -> {self.to_state} ({self.reason_code})"
+
+
+# --- figures ------------------------------------------------------------------------------------------
+
+
+class Rollup(models.Model):
+    """Posts per UTC hour x hashtag x platform x moderation state x sentiment x language (engagement/rollups.py).
+
+    Rebuilt for the hours a change touches, in the change's transaction, so it always equals a live GROUP BY
+    over the alive posts (`manage.py rebuild_rollups` rebuilds it all)."""
+
+    bucket = models.DateTimeField(help_text="The hour (UTC).")
+    hashtag = models.CharField(max_length=200)
+    platform = models.CharField(max_length=32)
+    status = models.CharField(max_length=16)
+    sentiment = models.CharField(max_length=10)
+    language = models.CharField(max_length=16)
+    posts = models.PositiveIntegerField()
+    score_sum = models.FloatField(default=0.0, help_text="Sum of the scored posts' compounds.")
+    scored = models.PositiveIntegerField(default=0, help_text="Posts with a compound.")
+    engagement = models.BigIntegerField(default=0, help_text="Likes + reposts + replies.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(
+            fields=["bucket", "hashtag", "platform", "status", "sentiment", "language"], name="rollup_key_uniq")]
+        indexes = [models.Index(fields=["hashtag", "bucket"], name="rollup_hashtag_bucket_idx")]
+
+
+class SpikeAlert(models.Model):
+    """A jump in hourly volume or negative share over its trailing baseline (engagement/summaries.py)."""
+
+    class Kind(models.TextChoices):
+        VOLUME = "volume", "volume"
+        NEGATIVE = "negative", "negative share"
+
+    hashtag = models.CharField(max_length=200)
+    bucket = models.DateTimeField(help_text="The hour (UTC) that jumped.")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    value = models.FloatField()
+    baseline = models.FloatField()
+    factor = models.FloatField()
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    delivery_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-bucket"]
+        constraints = [models.UniqueConstraint(fields=["hashtag", "bucket", "kind"], name="spike_once_uniq")]
+
+    def __str__(self) -> str:
+        return f"#{self.hashtag} {self.kind} spike at {self.bucket:%Y-%m-%d %H:00} UTC"

@@ -33,6 +33,7 @@ from engagement.models import (
     Actor, Author, BulkJob, BulkJobItem, Hashtag, ModerationEvent, ModerationRule, Post, ReasonCode, Standing,
     PERSON_REASONS,
 )
+from engagement import rollups
 from engagement.sources.base import normalise_tag
 
 Status = Post.Status
@@ -378,13 +379,16 @@ def moderate(
         SELECT id, %s::timestamptz, %s, %s::bigint, old_status, %s, %s, %s, %s::bigint, %s::bigint, %s::jsonb,
                jsonb_build_object('decided_by', old_by, 'decided_at', old_at, 'reason_codes', to_jsonb(old_codes))
         FROM changed
+        RETURNING post_id
     """
     params += [to_state, actor, now, person_codes, reason_code, reason_code,
                now, actor, getattr(user, "pk", None), to_state, reason_code, note,
                getattr(rule, "pk", None), getattr(job, "pk", None), json.dumps(details or [])]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.rowcount
+        changed = [pk for (pk,) in cursor.fetchall()]
+        rollups.refresh_for_posts(changed)
+    return len(changed)
 
 
 def restore(job: BulkJob, undo: BulkJob, post_ids: Sequence[int]) -> int:
@@ -414,12 +418,15 @@ def restore(job: BulkJob, undo: BulkJob, post_ids: Sequence[int]) -> int:
                              job_id, details, previous)
         SELECT id, %s::timestamptz, %s, %s::bigint, old_status, new_status, %s, %s, NULL, %s::bigint,
                '[]'::jsonb, '{{}}'::jsonb FROM changed
+        RETURNING post_id
     """
     params = [job.pk, list(post_ids), list(post_ids), now, undo.actor, undo.created_by_id, ReasonCode.UNDO,
               undo.note or f"undo of job {job.pk}", undo.pk]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.rowcount
+        changed = [pk for (pk,) in cursor.fetchall()]
+        rollups.refresh_for_posts(changed)
+    return len(changed)
 
 
 # --- bulk jobs -----------------------------------------------------------------------------------

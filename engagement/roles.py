@@ -10,9 +10,9 @@ READ = [
     "view_collectionrun", "view_rejecteditem", "view_moderationevent", "view_moderationrule", "view_bulkjob",
 ]
 GROUPS = {
-    "Editors": READ,
+    "Editors": READ + ["correct_sentiment"],
     "Moderators": READ + [
-        "moderate_post", "change_author", "add_moderationrule", "change_moderationrule",
+        "correct_sentiment", "moderate_post", "change_author", "add_moderationrule", "change_moderationrule",
         "delete_moderationrule", "add_bulkjob", "change_bulkjob",
     ],
 }

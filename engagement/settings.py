@@ -275,6 +275,30 @@ ENGAGEMENT_BURST_WINDOW = env_int("ENGAGEMENT_BURST_WINDOW", 600, minimum=1)
 # A screening phase that reads the database longer than this is cancelled and recorded as "check failed".
 ENGAGEMENT_SCREENING_TIMEOUT_MS = env_int("ENGAGEMENT_SCREENING_TIMEOUT_MS", 2000, minimum=1)
 
+# Sentiment (engagement/sentiment.py). Languages lingua may detect (ISO 639-1; en, uk and ru are always
+# included), and the backend scoring each language: LANG=dotted.path.Class, comma-separated. A language
+# without a backend is "not scored (unsupported language)", never neutral.
+ENGAGEMENT_LANGUAGES = sorted({*env_list("ENGAGEMENT_LANGUAGES", ["en", "uk", "ru", "de", "fr", "es", "pl", "it"]),
+                               "en", "uk", "ru"})
+ENGAGEMENT_SENTIMENT_BACKENDS = dict(
+    part.split("=", 1) for part in env_list("ENGAGEMENT_SENTIMENT_BACKENDS", ["en=engagement.scoring.EnglishVader"])
+    if "=" in part
+)
+if not ENGAGEMENT_SENTIMENT_BACKENDS and env_list("ENGAGEMENT_SENTIMENT_BACKENDS", []):
+    raise ImproperlyConfigured("ENGAGEMENT_SENTIMENT_BACKENDS: expected LANG=dotted.path.Class entries")
+# Posts scored per task (one task per batch, never one per post).
+ENGAGEMENT_SCORE_BATCH = env_int("ENGAGEMENT_SCORE_BATCH", 500, minimum=1)
+# The time zone the editors' page shows times in (buckets are UTC underneath).
+ENGAGEMENT_SUMMARY_TIMEZONE = env_str("ENGAGEMENT_SUMMARY_TIMEZONE", TIME_ZONE)
+# Spike alerts: an hour whose volume (or negative share) is this many times its trailing 24-hour baseline,
+# with at least ENGAGEMENT_SPIKE_MIN_POSTS posts, is shown on the page and sent to the webhook (HMAC-signed
+# with ENGAGEMENT_SPIKE_WEBHOOK_SECRET) and/or by email.
+ENGAGEMENT_SPIKE_FACTOR = float(env_str("ENGAGEMENT_SPIKE_FACTOR", "3") or 3)
+ENGAGEMENT_SPIKE_MIN_POSTS = env_int("ENGAGEMENT_SPIKE_MIN_POSTS", 20, minimum=1)
+ENGAGEMENT_SPIKE_WEBHOOK_URL = env_str("ENGAGEMENT_SPIKE_WEBHOOK_URL")
+ENGAGEMENT_SPIKE_WEBHOOK_SECRET = env_str("ENGAGEMENT_SPIKE_WEBHOOK_SECRET")
+ENGAGEMENT_SPIKE_EMAIL = env_list("ENGAGEMENT_SPIKE_EMAIL", [])
+
 ENGAGEMENT_ADMIN_USER = env_str("ENGAGEMENT_ADMIN_USER", "admin")
 ENGAGEMENT_ADMIN_PASSWORD = env_str("ENGAGEMENT_ADMIN_PASSWORD")
 

@@ -57,6 +57,17 @@ app.conf.update(
             # A tick that could not run in time is dropped: the next one does the same work.
             "options": {"expires": float(settings.ENGAGEMENT_DISPATCH_INTERVAL)},
         },
+        # Scoring is queued when a page is stored; this sweep catches posts whose task was lost.
+        "score-pending-posts": {
+            "task": "worker.tasks.score_pending",
+            "schedule": 30.0,
+            "options": {"expires": 30.0},
+        },
+        "detect-spikes": {
+            "task": "worker.tasks.detect_spikes",
+            "schedule": 300.0,
+            "options": {"expires": 300.0},
+        },
         "recheck-recent-posts": {
             "task": "worker.tasks.recheck_due_sources",
             "schedule": float(settings.ENGAGEMENT_RECHECK_INTERVAL),

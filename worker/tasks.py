@@ -64,3 +64,23 @@ def run_bulk_job(job_id: int) -> int:
     from engagement import moderation
 
     return moderation.run_job(job_id).changed
+
+
+@shared_task
+def score_pending() -> int:
+    """Score one batch of posts waiting for it (ENGAGEMENT_SCORE_BATCH); queue another while any are left,
+    so a backlog drains batch by batch and never as one task per post."""
+    from engagement import sentiment
+
+    scored = sentiment.score_pending()
+    if scored >= settings.ENGAGEMENT_SCORE_BATCH:
+        score_pending.delay()
+    return scored
+
+
+@shared_task
+def detect_spikes() -> int:
+    """Record and send spike alerts for the hours just finished (engagement/summaries.py)."""
+    from engagement import summaries
+
+    return len(summaries.detect_and_send_spikes())
