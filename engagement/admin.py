@@ -85,9 +85,9 @@ class PostAdmin(ModerationQueueMixin, admin.ModelAdmin):
 
     inlines = [RevisionInline]
     # State and reasons right after the text: what moderators need most must not scroll out of view.
-    list_display = ["excerpt", "state_badge", "reasons_column", "copies", "author_link", "platform", "context",
-                    "created_at", "open_link"]
-    list_filter = ["status", ReasonListFilter, "platform", HashtagListFilter, LanguageListFilter, "kind",
+    list_display = ["excerpt", "state_badge", "reasons_column", "copies", "sentiment_badge", "author_link",
+                    "platform", "context", "created_at", "open_link"]
+    list_filter = ["status", ReasonListFilter, "platform", HashtagListFilter, LanguageListFilter, "sentiment", "kind",
                    DecidedByListFilter, DeletedListFilter, "created_at", ClusterListFilter, AuthorListFilter,
                    ArticleListFilter]
     actions = ["approve_posts", "reject_posts", "flag_posts"]
@@ -100,7 +100,9 @@ class PostAdmin(ModerationQueueMixin, admin.ModelAdmin):
     ordering = ["-created_at", "-id"]
     # The state is never edited here: it changes only through engagement.moderation (the buttons and keys).
     readonly_fields = [
-        "status", "decided_by", "decided_at", "screening", "platform", "external_id", "uri", "url", "kind",
+        "status", "decided_by", "decided_at", "screening", "sentiment", "sentiment_auto", "sentiment_score",
+        "sentiment_backend", "sentiment_reason", "scored_at", "sentiment_corrected_by", "sentiment_corrected_at",
+        "platform", "external_id", "uri", "url", "kind",
         "author", "article", "source", "created_at", "collected_at", "updated_at", "edited_at", "deleted_at",
         "deletion_reason", "language", "html", "text", "hashtags", "fingerprint", "reply_to",
         "reply_to_external_id", "reply_count", "repost_count", "like_count", "raw",

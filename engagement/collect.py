@@ -236,25 +236,26 @@ def upsert_posts(items: list[NormalisedItem], *, source_id: int | None,
         # An edited text is scored again (a person's correction of the label stays).
         + ", scored_at = CASE WHEN p.text IS DISTINCT FROM EXCLUDED.text THEN NULL ELSE p.scored_at END "
         + f"WHERE ({', '.join('p.' + col for col in new_values)}) IS DISTINCT FROM ({', '.join(new_values.values())}) "
-        + "RETURNING id, platform, external_id, (xmax = 0) AS inserted"
+        + "RETURNING id, platform, external_id, (xmax = 0) AS inserted, created_at"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         returned = cursor.fetchall()
-    results = [inserted for _pk, _platform, _external_id, inserted in returned]
+    results = [inserted for _pk, _platform, _external_id, inserted, _created_at in returned]
     # The audit trail starts when a post is stored: its first state and why (screening's hits).
     ModerationEvent.objects.bulk_create([
         ModerationEvent(post_id=pk, at=now, actor=verdicts[key].actor, to_state=verdicts[key].status,
                         reason_code=verdicts[key].reason_code, rule_id=verdicts[key].rule_id,
                         details=verdicts[key].reasons)
-        for pk, platform, external_id, inserted in returned if inserted
+        for pk, platform, external_id, inserted, _created_at in returned if inserted
         for key in [(platform, external_id)]
     ])
     if replaced:
         PostRevision.objects.bulk_create(replaced)
     if any(platform in REPLY_PLATFORMS for platform, _ in unique):
         _link_replies(list(unique))
-    rollups.refresh_hours(item.created_at for item in unique.values())
+    # The stored publication time, not the item's: a later copy never moves a post to another hour.
+    rollups.refresh_hours(created_at for *_row, created_at in returned)
     new = sum(1 for inserted in results if inserted)
     return new, len(results) - new
 
@@ -562,11 +563,7 @@ def recheck_source(source_id: int, *, owner: str, now: datetime | None = None) -
                 if result.item is not None:
                     edited_items.append(result.item)
                 elif result.deleted_reason:
-                    gone = Post.objects.filter(pk=ids[result.external_id], deleted_at__isnull=True).update(
-                        deleted_at=timezone.now(), deletion_reason=result.deleted_reason[:300])
-                    if gone:
-                        rollups.refresh_for_posts([ids[result.external_id]])
-                    deleted += gone
+                    deleted += mark_deleted(ids[result.external_id], result.deleted_reason)
                 else:
                     errors += 1
         except RateLimited as exc:
@@ -581,6 +578,16 @@ def recheck_source(source_id: int, *, owner: str, now: datetime | None = None) -
         return report
     finally:
         Source.objects.release_lease(source_id, owner=owner)
+
+
+def mark_deleted(post_id: int, reason: str) -> int:
+    """Turn a post into a tombstone (deleted upstream): it leaves the API, exports and every figure."""
+    with transaction.atomic():
+        gone = Post.objects.filter(pk=post_id, deleted_at__isnull=True).update(
+            deleted_at=timezone.now(), deletion_reason=reason[:300])
+        if gone:
+            rollups.refresh_for_posts([post_id])
+    return gone
 
 
 def sources_to_recheck(*, now: datetime | None = None) -> list[int]:

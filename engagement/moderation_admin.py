@@ -23,9 +23,9 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
-from engagement import moderation
+from engagement import moderation, sentiment
 from engagement.models import (
-    PERSON_REASONS, Actor, Author, BulkJob, ModerationEvent, ModerationRule, Post, ReasonCode, Standing,
+    PERSON_REASONS, Actor, Author, BulkJob, ModerationEvent, ModerationRule, Post, ReasonCode, Sentiment, Standing,
 )
 
 Status = Post.Status
@@ -202,6 +202,17 @@ class ModerationQueueMixin:
         return format_html('<span class="state-badge state-{}" style="color:{}" data-post-state="{}">{}</span>',
                            post.status, STATUS_COLOURS.get(post.status, "#555"), post.status, post.status)
 
+    @admin.display(description="sentiment", ordering="sentiment")
+    def sentiment_badge(self, post: Post) -> str:
+        if not post.sentiment:
+            return "—"
+        title = post.sentiment_reason or (f"{post.sentiment_score:+.2f} by {post.sentiment_backend}"
+                                          if post.sentiment_score is not None else "")
+        if post.sentiment_corrected_at:
+            title = f"corrected by a person (the model said {post.sentiment_auto or 'nothing'})"
+        return format_html('<span class="sentiment sentiment-{}" title="{}">{}{}</span>', post.sentiment, title,
+                           Sentiment(post.sentiment).label, " ✎" if post.sentiment_corrected_at else "")
+
     @admin.display(description="reasons")
     def reasons_column(self, post: Post) -> str:
         return reason_badges(post.reason_codes, post.reasons) or "—"
@@ -307,6 +318,8 @@ class ModerationQueueMixin:
             path("review/", self.admin_site.admin_view(self.review_view), name="%s_%s_review" % info),
             path("<int:post_id>/moderate/", self.admin_site.admin_view(self.moderate_view),
                  name="%s_%s_moderate" % info),
+            path("<int:post_id>/sentiment/", self.admin_site.admin_view(self.sentiment_view),
+                 name="%s_%s_sentiment" % info),
         ] + super().get_urls()
 
     def moderate_view(self, request, post_id):
@@ -328,6 +341,23 @@ class ModerationQueueMixin:
         self.message_user(request, f"Post {post.pk} is {post.status}.")
         return HttpResponseRedirect(request.POST.get("next") or reverse("admin:engagement_post_change",
                                                                         args=[post.pk]))
+
+    def sentiment_view(self, request, post_id):
+        """POST label: an editor's or moderator's correction of one post's sentiment (wins in every figure)."""
+        if request.method != "POST":
+            return JsonResponse({"error": "POST only"}, status=405)
+        post = get_object_or_404(Post, pk=post_id)
+        label = request.POST.get("label", "")
+        if label not in Sentiment.values:
+            return JsonResponse({"error": f"label must be one of {', '.join(Sentiment.values)}"}, status=400)
+        try:
+            sentiment.correct([post.pk], label, user=request.user)
+        except PermissionDenied:
+            return JsonResponse({"error": "only editors and moderators can correct sentiment"}, status=403)
+        if request.headers.get("Accept", "").startswith("application/json"):
+            return JsonResponse({"id": post.pk, "sentiment": label})
+        self.message_user(request, f"Post {post.pk}: sentiment set to {label}.")
+        return HttpResponseRedirect(reverse("admin:engagement_post_change", args=[post.pk]))
 
     def review_view(self, request):
         """One post at a time: the first post of the queue (pending and flagged, oldest first unless a
@@ -369,6 +399,8 @@ class ModerationQueueMixin:
             if post:
                 extra.update({
                     "can_moderate": can_moderate(request), "reasons": PERSON_REASONS, "post": post,
+                    "can_correct": request.user.has_perm("engagement.correct_sentiment"),
+                    "sentiments": [Sentiment.POSITIVE, Sentiment.NEUTRAL, Sentiment.NEGATIVE],
                     "screening": explain(post.reasons), "badges": reason_badges(post.reason_codes, post.reasons),
                     "text": highlighted(post.text, post.reasons),
                     "events": list(post.moderation_events.select_related("user", "rule", "job")[:50]),

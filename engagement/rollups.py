@@ -10,7 +10,7 @@ two writers never interleave. The table therefore always equals a live GROUP BY 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from django.db import connection, transaction
 
@@ -25,18 +25,19 @@ POSTS, ROLLUPS = Post._meta.db_table, Rollup._meta.db_table
 _COUNT = f"""
     INSERT INTO {ROLLUPS} (bucket, hashtag, platform, status, sentiment, language, posts, score_sum, scored,
                            engagement)
-    SELECT date_trunc('hour', p.created_at), tag, p.platform, p.status, p.sentiment, p.language, count(*),
+    SELECT date_trunc('hour', p.created_at, 'UTC'), tag, p.platform, p.status, p.sentiment, p.language, count(*),
            COALESCE(sum(p.sentiment_score), 0), count(p.sentiment_score),
            sum(p.like_count + p.repost_count + p.reply_count)
     FROM {POSTS} p CROSS JOIN LATERAL unnest(p.hashtags) AS tag
     WHERE p.deleted_at IS NULL AND p.created_at >= %s AND p.created_at < %s
-      AND date_trunc('hour', p.created_at) = ANY(%s)
+      AND date_trunc('hour', p.created_at, 'UTC') = ANY(%s)
     GROUP BY 1, 2, 3, 4, 5, 6
 """
 
 
 def hour_of(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
+    """The UTC hour of an aware moment."""
+    return moment.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
 
 
 def refresh_hours(hours: Iterable[datetime]) -> None:
@@ -60,7 +61,7 @@ def refresh_for_posts(post_ids: Sequence[int]) -> None:
     if not post_ids:
         return
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT DISTINCT date_trunc('hour', created_at) FROM {POSTS} WHERE id = ANY(%s)",
+        cursor.execute(f"SELECT DISTINCT date_trunc('hour', created_at, 'UTC') FROM {POSTS} WHERE id = ANY(%s)",
                        [list(post_ids)])
         hours = [hour for (hour,) in cursor.fetchall()]
     refresh_hours(hours)

@@ -15,4 +15,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("engagement.api.urls")),
     path("healthz", views.healthz, name="healthz"),
+    path("summary/", include("engagement.summary_urls")),
 ]
