@@ -193,3 +193,25 @@ def test_the_admin_corrects_sentiment_for_editors_and_shows_it(client, editor):
     assert "neutral ✎" in page
     assert client.post(f"/admin/engagement/post/{post.pk}/sentiment/", {"label": "meh"}).status_code == 400
     assert Sentiment(Post.objects.get(pk=post.pk).sentiment) == Sentiment.NEUTRAL
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_scores_a_stored_page_in_one_batch_by_itself(flushed_redis, upstream, start_worker):
+    from engagement import collect
+    from engagement.models import Rollup
+    from tests.conftest import wait_for
+    from tests.mastodon_fake import MastodonTimeline, make_status
+
+    texts = ["What a wonderful, hopeful day for the talks", "This is a terrible, shameful betrayal",
+             "Переговори знову відклали, ніхто не знає, що буде далі з перемир'ям"]
+    MastodonTimeline(upstream, "UkrainePeaceTalks", [make_status(n, text=t) for n, t in enumerate(texts, 1)])
+    start_worker()
+    source = collect.register_source(platform="mastodon", url=upstream.url, hashtags=["UkrainePeaceTalks"])
+    collect.run_source(source.pk, owner="test")  # stores the page and queues its scoring on commit
+    wait_for(lambda: not Post.objects.filter(scored_at__isnull=True).exists(), timeout=60,
+             message="the page scored by the worker")
+    assert sorted(Post.objects.values_list("sentiment", flat=True)) == ["negative", "positive", "unscored"]
+    # One batch: every post carries the same scoring time.
+    assert Post.objects.values("scored_at").distinct().count() == 1
+    assert sorted(Rollup.objects.values_list("sentiment", flat=True)) == ["negative", "positive", "unscored"]
