@@ -42,7 +42,6 @@ BAR_ROW, BAR_LABEL = 24, 190
 X_LABELS = 8  # at most this many time labels under a chart, so they never overlap
 LABEL_CHARS = 28  # longer terms, hashtags and language names are cut in the chart (the table has them whole)
 EXCERPT_CHARS = 160
-SENTIMENT_ORDER = [Sentiment.POSITIVE, Sentiment.NEUTRAL, Sentiment.NEGATIVE, Sentiment.UNSCORED]
 
 
 def editors_only(view: Callable) -> Callable:
@@ -98,12 +97,12 @@ def volume_table(summary: Summary) -> Table:
 
 
 def sentiment_table(summary: Summary) -> Table:
-    labels = [Sentiment(label).label for label in SENTIMENT_ORDER]
+    labels = [Sentiment(label).label for label in summaries.LABELS]
     table = Table([bucket_label(summary.filters), *(f"{label} (posts)" for label in labels),
                    *(f"{label} (% of posts)" for label in labels)])
-    shares = [summary.share(label) for label in SENTIMENT_ORDER]
+    shares = [summary.share(label) for label in summaries.LABELS]
     for n, bucket in enumerate(summary.buckets):
-        table.rows.append([when(bucket, summary.filters), *(summary.sentiment[label][n] for label in SENTIMENT_ORDER),
+        table.rows.append([when(bucket, summary.filters), *(summary.sentiment[label][n] for label in summaries.LABELS),
                            *(percent(share[n]) for share in shares)])
     return table
 
@@ -183,7 +182,6 @@ class TimeChart:
     y_ticks: list[tuple[float, str]] = field(default_factory=list)
     x_ticks: list[tuple[float, str]] = field(default_factory=list)
     zero_y: float | None = None
-    empty: bool = False
 
 
 @dataclass
@@ -242,7 +240,7 @@ class TimeAxis:
 
 def _time_chart(key: str, summary: Summary, axis: TimeAxis, ticks: Sequence[float], tick_label) -> TimeChart:
     filters = summary.filters
-    chart = TimeChart(key=key, empty=not summary.buckets)
+    chart = TimeChart(key=key)
     chart.y_ticks = [(axis.y(value), tick_label(value)) for value in ticks]
     every = max(1, math.ceil(len(summary.buckets) / X_LABELS))
     previous_day = None
@@ -276,7 +274,8 @@ def _gap_shapes(summary: Summary, axis: TimeAxis) -> list[Shape]:
         if previous is not None and [id(g) for g in gaps] == [id(g) for g in previous]:
             shapes[-1].width = round(shapes[-1].width + axis.column(), 2)
         else:
-            shapes.append(Shape(axis.x(n), TOP, axis.column(), axis.plot_height, gap_title(gaps, summary.filters), "gap"))
+            shapes.append(Shape(axis.x(n), TOP, axis.column(), axis.plot_height, gap_title(gaps, summary.filters),
+                                "gap"))
         previous = gaps
     return shapes
 
@@ -300,6 +299,7 @@ def spike_text(alert: SpikeAlert, filters: Filters) -> str:
 
 def volume_chart(summary: Summary) -> TimeChart:
     platforms = list(summary.volume)
+    # Only the axis's top: the stack's height per bucket (no number shown comes from here).
     stacked = [sum(summary.volume[p][n] for p in platforms) for n in range(len(summary.buckets))]
     top = nice_ceiling(max(stacked, default=0))
     axis = TimeAxis(summary, 0, top)
@@ -325,10 +325,10 @@ def volume_chart(summary: Summary) -> TimeChart:
 def sentiment_chart(summary: Summary) -> TimeChart:
     axis = TimeAxis(summary, 0, 1)
     chart = _time_chart("sentiment", summary, axis, [0, 0.5, 1], lambda v: f"{v * 100:.0f} %")
-    shares = {label: summary.share(label) for label in SENTIMENT_ORDER}
+    shares = {label: summary.share(label) for label in summaries.LABELS}
     for n, bucket in enumerate(summary.buckets):
         base = 0.0
-        for label in SENTIMENT_ORDER:
+        for label in summaries.LABELS:
             share = shares[label][n]
             if share:
                 chart.bars.append(Shape(axis.x(n) + 1, axis.y(base + share), max(axis.column() - 2, 0.5),
@@ -404,8 +404,10 @@ def summary_page(request):
     summary = summaries.build(filters)
     query = urlencode(filters.query())
     tables = {key: make(summary) for key, make in TABLES.items()}
+    form = _form(request, filters)
     context = {
-        "form": _form(request, filters),
+        "form": form,
+        "hashtag_name": dict(form["hashtags"]).get(filters.hashtag, filters.hashtag),
         "filters": filters,
         "summary": summary,
         "query": query,
@@ -415,7 +417,7 @@ def summary_page(request):
         "gaps": [{"gap": gap, "start": when(gap.start, filters), "end": when(gap.end, filters),
                   "platform": platform_name(gap.platform)} for gap in summary.gaps],
         "legend_platforms": [(f"series-{n % 10}", platform_name(p)) for n, p in enumerate(summary.volume)],
-        "legend_sentiment": [(str(label), Sentiment(label).label) for label in SENTIMENT_ORDER],
+        "legend_sentiment": [(str(label), Sentiment(label).label) for label in summaries.LABELS],
         "charts": {
             "volume": volume_chart(summary),
             "sentiment": sentiment_chart(summary),

@@ -375,7 +375,9 @@ def test_hostile_text_handles_hashtags_source_names_and_reasons_render_as_text(e
         assert hostile not in body, hostile
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body and "&lt;img src=x onerror=alert(1)&gt;" in body
     assert soup.find("script") is None and soup.find("img") is None and soup.find("b", onmouseover=True) is None
-    assert HOSTILE_HANDLE in table(soup, "authors")[1][0]
+    assert table(soup, "authors")[1][0] == HOSTILE_HANDLE
+    assert table(soup, "hashtags")[1][0] == f"#{HOSTILE_TAG}"
+    assert soup.find("table", attrs={"data-table": "posts"}).find("td", class_="excerpt").get_text() == HOSTILE_TEXT
     assert any("<script>alert(3)</script>" in t.get_text() for t in soup.select("g.gap title"))
 
 
