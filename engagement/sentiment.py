@@ -34,6 +34,9 @@ from engagement.models import Post, Sentiment
 POSITIVE_AT, NEGATIVE_AT = 0.05, -0.05
 # Characters of a post given to language detection (a language shows well before this).
 DETECT_CHARS = 1_000
+# Characters of a post given to a backend: a long comment's tone is clear well before this, and the cost of
+# one post stays bounded whatever an upstream sends.
+MAX_SCORED_CHARS = 20_000
 NOISE = re.compile(r"https?://\S+|www\.\S+|(?<!\w)[@#][\w.\-]+")
 
 
@@ -80,7 +83,7 @@ def score_texts(texts: Sequence[str], languages: Sequence[str], tracked: frozens
             results.append((Sentiment.UNSCORED, None, "",
                             f"unsupported language ({language})" if language else "language unknown"))
             continue
-        compound = backend.score(text, tracked)
+        compound = backend.score(text[:MAX_SCORED_CHARS], tracked)
         results.append((label_for(compound), compound, f"{backend.name} ({backend.version})", ""))
     return results
 

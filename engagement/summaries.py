@@ -106,7 +106,9 @@ class Filters:
                 raise InvalidFilters("until must be after since")
             if end - start > MAX_PERIOD:
                 raise InvalidFilters(f"a period is at most {MAX_PERIOD.days} days")
-        raw_platforms = params.get("platform") or ""
+        # Several checkboxes (?platform=a&platform=b) or one comma-separated value.
+        raw_platforms = ",".join(params.getlist("platform")) if hasattr(params, "getlist") else \
+            (params.get("platform") or "")
         platforms = tuple(sorted({p.strip() for p in raw_platforms.split(",") if p.strip()}))
         unknown = [p for p in platforms if p not in Platform.values]
         if unknown:

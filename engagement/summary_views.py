@@ -29,7 +29,7 @@ from django.views.decorators.http import require_GET
 from engagement import summaries
 from engagement.models import Hashtag, Platform, Post, Sentiment, SpikeAlert
 from engagement.summaries import Filters, Gap, InvalidFilters, Summary
-from engagement.transfer import _FORMULA_STARTS
+from engagement.transfer import spreadsheet_cell
 
 LOGIN_URL = reverse_lazy("admin:login")
 # Editors and Moderators hold it (engagement/roles.py), superusers hold every permission.
@@ -434,11 +434,6 @@ def summary_page(request):
     return render(request, "summary/page.html", context)
 
 
-def spreadsheet_safe(cell):
-    # A cell a spreadsheet would run as a formula gets a leading quote (as `manage.py export --spreadsheet-safe`).
-    return f"'{cell}" if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS) else cell
-
-
 @require_GET
 @never_cache
 @editors_only
@@ -456,5 +451,6 @@ def summary_csv(request, chart: str):
                                        f'{filters.start:%Y%m%d}-{filters.end:%Y%m%d}.csv"')
     writer = csv.writer(response)
     writer.writerow(table.header)
-    writer.writerows([spreadsheet_safe(cell) for cell in row] for row in table.rows)
+    # Cells a spreadsheet would run as formulas get a leading quote, as `manage.py export --spreadsheet-safe`.
+    writer.writerows([spreadsheet_cell(cell) for cell in row] for row in table.rows)
     return response

@@ -81,7 +81,12 @@ CSV_EXPORT_COLUMNS = CSV_COLUMNS + CSV_EXPORT_ONLY_COLUMNS
 CSV_REQUIRED_COLUMNS = ("platform", "external_id", "created_at")
 
 # What a spreadsheet would run as a formula when a cell starts with it (OWASP "CSV injection").
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(cell):
+    """A cell a spreadsheet would run as a formula, with a leading quote; any other value as it is."""
+    return f"'{cell}" if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) else cell
 # JSON escapes that decode to what PostgreSQL cannot store (NUL, lone surrogates); when a line has one,
 # its strings are checked before the line can reach a batch.
 _RISKY_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
@@ -337,7 +342,7 @@ def _csv_row(post: Post, *, spreadsheet_safe: bool) -> list:
            post.author.handle if post.author else "", post.author.external_id if post.author else "",
            post.language, " ".join(post.hashtags), post.kind, post.pk, post.status, _iso(post.collected_at)]
     if spreadsheet_safe:
-        row = [f"'{cell}" if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS) else cell for cell in row]
+        row = [spreadsheet_cell(cell) for cell in row]
     return row
 
 

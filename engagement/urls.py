@@ -7,6 +7,8 @@ from engagement import views
 admin.site.site_header = "engagement"
 admin.site.site_title = "engagement"
 admin.site.index_title = "Collection and moderation"
+# The admin's "View site" link opens the editors' summary page.
+admin.site.site_url = "/summary/"
 # The queue needs the width more than a second app menu (the breadcrumbs and index link remain).
 admin.site.enable_nav_sidebar = False
 
