@@ -233,7 +233,7 @@ def main() -> None:
     print(f"\na 20-sentence mildly positive text ({len(mild):,} chars; 10 plain news sentences, 10 with one mild "
           f"word, each of those {min(alone):.2f}-{max(alone):.2f} alone, e.g. {MILD[0]!r}):")
     print(f"  compound: plain {plain_score(mild):.4f}, ours {ours.score(mild):.4f}   "
-          "(plain VADER's compound grows with the count of sentiment words and saturates near 1.0)")
+          "(plain VADER's compound climbs toward 1.0 with every sentiment word; ours averages 5-sentence windows)")
 
 if __name__ == "__main__":
     main()

@@ -177,6 +177,12 @@ def main() -> None:
         print(f"\nsummaries.build(), default {summaries.DEFAULT_PERIOD} by {week.step} (the whole page's figures): "
               f"{len(whole)} runs, median {statistics.median(whole):.0f} ms, p95 {p95(whole):.0f} ms; "
               f"{summary.totals['posts']:,} posts, {len(summary.buckets)} buckets")
+        parts = [("series", lambda: summaries.series(week)), ("co_hashtags", lambda: summaries.co_hashtags(week)),
+                 ("top_terms", lambda: summaries.top_terms(week)), ("top_authors", lambda: summaries.top_authors(week)),
+                 ("top_posts", lambda: summaries.top_posts(week)), ("gaps", lambda: summaries.gaps(week))]
+        runs = max(1, args.build_runs // 4)
+        print(f"  of which, median ms of {runs} runs each: " + ", ".join(
+            f"{part} {statistics.median(timings(action, runs)):.0f}" for part, action in parts))
 
 
 if __name__ == "__main__":
