@@ -612,6 +612,25 @@ class Rollup(models.Model):
         indexes = [models.Index(fields=["hashtag", "bucket"], name="rollup_hashtag_bucket_idx")]
 
 
+class SeriesRollup(models.Model):
+    """Per UTC hour x hashtag x approved-or-not: posts per platform and per sentiment label, in the fixed
+    orders of engagement.rollups.SERIES_PLATFORMS and SERIES_LABELS. Derived from Rollup in the same
+    transaction; read by the editors' time charts when no platform is picked (two rows an hour at most)."""
+
+    bucket = models.DateTimeField()
+    hashtag = models.CharField(max_length=200)
+    approved = models.BooleanField()
+    posts = models.PositiveIntegerField()
+    platform_posts = ArrayField(models.IntegerField())
+    label_posts = ArrayField(models.IntegerField())
+    score_sum = models.FloatField(default=0.0)
+    scored = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["hashtag", "bucket", "approved"], name="series_key_uniq")]
+        indexes = [models.Index(fields=["bucket"], name="series_bucket_idx")]
+
+
 class SpikeAlert(models.Model):
     """A jump in hourly volume or negative share over its trailing baseline (engagement/summaries.py)."""
 

@@ -14,14 +14,17 @@ from datetime import datetime, timedelta, timezone
 
 from django.db import connection, transaction
 
-from engagement.models import Post, Rollup
+from engagement.models import Platform, Post, Rollup, SeriesRollup, Sentiment
 
 # An advisory-lock namespace of this module (the second key is the hour's number since the epoch).
 LOCK_NAMESPACE = 7_261_001
 # Hours recounted per statement by rebuild().
 REBUILD_HOURS = 24 * 7
 
-POSTS, ROLLUPS = Post._meta.db_table, Rollup._meta.db_table
+POSTS, ROLLUPS, SERIES = Post._meta.db_table, Rollup._meta.db_table, SeriesRollup._meta.db_table
+# The orders of SeriesRollup's arrays (a platform added later needs `manage.py rebuild_rollups`).
+SERIES_PLATFORMS = tuple(Platform.values)
+SERIES_LABELS = (*Sentiment.values, "")  # "": stored, not scored yet
 _COUNT = f"""
     INSERT INTO {ROLLUPS} (bucket, hashtag, platform, status, sentiment, language, posts, score_sum, scored,
                            engagement)
@@ -32,6 +35,14 @@ _COUNT = f"""
     WHERE p.deleted_at IS NULL AND p.created_at >= %s AND p.created_at < %s
       AND date_trunc('hour', p.created_at, 'UTC') = ANY(%s)
     GROUP BY 1, 2, 3, 4, 5, 6
+"""
+_SERIES = f"""
+    INSERT INTO {SERIES} (bucket, hashtag, approved, posts, platform_posts, label_posts, score_sum, scored)
+    SELECT bucket, hashtag, status = 'approved', sum(posts),
+           ARRAY[{", ".join(f"COALESCE(sum(posts) FILTER (WHERE platform = '{p}'), 0)" for p in SERIES_PLATFORMS)}],
+           ARRAY[{", ".join(f"COALESCE(sum(posts) FILTER (WHERE sentiment = '{s}'), 0)" for s in SERIES_LABELS)}],
+           sum(score_sum), sum(scored)
+    FROM {ROLLUPS} WHERE bucket = ANY(%s) GROUP BY 1, 2, 3
 """
 
 
@@ -54,6 +65,8 @@ def refresh_hours(hours: Iterable[datetime]) -> None:
         )
         cursor.execute(f"DELETE FROM {ROLLUPS} WHERE bucket = ANY(%s)", [buckets])
         cursor.execute(_COUNT, [buckets[0], buckets[-1] + timedelta(hours=1), buckets])
+        cursor.execute(f"DELETE FROM {SERIES} WHERE bucket = ANY(%s)", [buckets])
+        cursor.execute(_SERIES, [buckets])
 
 
 def refresh_for_posts(post_ids: Sequence[int]) -> None:
@@ -74,8 +87,10 @@ def rebuild(on_progress=None) -> int:
         first, last = cursor.fetchone()
         cursor.execute(f"SELECT min(bucket), max(bucket) FROM {ROLLUPS}")
         first_rollup, last_rollup = cursor.fetchone()
-    starts = [moment for moment in (first, first_rollup) if moment]
-    ends = [moment for moment in (last, last_rollup) if moment]
+        cursor.execute(f"SELECT min(bucket), max(bucket) FROM {SERIES}")
+        first_series, last_series = cursor.fetchone()
+    starts = [moment for moment in (first, first_rollup, first_series) if moment]
+    ends = [moment for moment in (last, last_rollup, last_series) if moment]
     if not starts:
         return 0
     hour, end, done = hour_of(min(starts)), hour_of(max(ends)), 0

@@ -29,7 +29,9 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
-from engagement.models import CollectionRun, Hashtag, Platform, Post, Rollup, Sentiment, Source, SpikeAlert
+from engagement.models import (
+    CollectionRun, Hashtag, Platform, Post, Rollup, Sentiment, SeriesRollup, Source, SpikeAlert,
+)
 from engagement.sources.base import normalise_tag
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class Filters:
     approved_only: bool = True
     tz: str = "UTC"
     period: str = ""  # the named period picked, if any
+    resolution: str = ""  # "hour" or "day"; empty: by hour up to HOURLY_UP_TO, by day beyond
 
     @property
     def zone(self) -> ZoneInfo:
@@ -68,6 +71,8 @@ class Filters:
 
     @property
     def step(self) -> str:
+        if self.resolution:
+            return self.resolution
         return "hour" if self.end - self.start <= HOURLY_UP_TO else "day"
 
     def query(self) -> dict[str, str]:
@@ -79,6 +84,8 @@ class Filters:
             params.update(since=self.start.isoformat(), until=self.end.isoformat())
         if self.platforms:
             params["platform"] = ",".join(self.platforms)
+        if self.resolution:
+            params["step"] = self.resolution
         return params
 
     @classmethod
@@ -116,8 +123,11 @@ class Filters:
         scope = params.get("scope") or "approved"
         if scope not in ("approved", "all"):
             raise InvalidFilters("scope must be 'approved' (approved only) or 'all' (everything collected)")
+        resolution = params.get("step") or ""
+        if resolution not in ("", "hour", "day"):
+            raise InvalidFilters("step must be 'hour' or 'day' (or left out: by hour up to 3 days, by day beyond)")
         return cls(hashtag=hashtag, start=start, end=end, platforms=platforms, approved_only=scope == "approved",
-                   tz=tz, period=period)
+                   tz=tz, period=period, resolution=resolution)
 
 
 def _parse_time(value: str | None, name: str, tz: str) -> datetime:
@@ -207,19 +217,23 @@ def _buckets(filters: Filters) -> list[datetime]:
     return buckets
 
 
-def series(filters: Filters, *, live: bool = False) -> tuple[list[datetime], dict, dict, dict]:
-    """Posts per bucket by platform and by sentiment label, and score sums: from the rollups, or (live=True,
-    for benches and tests) straight from the posts with the same grouping."""
+def series(filters: Filters, *, live: bool = False) -> tuple[list[datetime], dict, dict]:
+    """Posts per bucket by platform and by sentiment label.
+
+    From the series rollups when no platform is picked (at most two rows an hour), from the rollups when
+    platforms are picked, or (live=True, for benches and tests) straight from the posts with the same grouping.
+    """
+    if not live and not filters.platforms:
+        return _series_from_series_rollups(filters)
     zone = filters.tz
     if live:
         where, params = _post_conditions(filters)
-        sql = (f"SELECT date_trunc(%s, created_at AT TIME ZONE %s), platform, sentiment, count(*), "
-               f"COALESCE(sum(sentiment_score), 0), count(sentiment_score) FROM {Post._meta.db_table} "
-               f"WHERE {where} GROUP BY 1, 2, 3")
+        sql = (f"SELECT date_trunc(%s, created_at AT TIME ZONE %s), platform, sentiment, count(*) "
+               f"FROM {Post._meta.db_table} WHERE {where} GROUP BY 1, 2, 3")
     else:
         where, params = _rollup_conditions(filters)
-        sql = (f"SELECT date_trunc(%s, bucket AT TIME ZONE %s), platform, sentiment, sum(posts), sum(score_sum), "
-               f"sum(scored) FROM {Rollup._meta.db_table} WHERE {where} GROUP BY 1, 2, 3")
+        sql = (f"SELECT date_trunc(%s, bucket AT TIME ZONE %s), platform, sentiment, sum(posts) "
+               f"FROM {Rollup._meta.db_table} WHERE {where} GROUP BY 1, 2, 3")
     with connection.cursor() as cursor:
         cursor.execute(sql, [filters.step, zone, *params])
         rows = cursor.fetchall()
@@ -227,19 +241,46 @@ def series(filters: Filters, *, live: bool = False) -> tuple[list[datetime], dic
     index = {bucket.replace(tzinfo=None): n for n, bucket in enumerate(buckets)}
     volume: dict[str, list[int]] = defaultdict(lambda: [0] * len(buckets))
     labels: dict[str, list[int]] = {label: [0] * len(buckets) for label in [*LABELS, ""]}
-    scores: dict[str, float] = defaultdict(float)
-    for local, platform, label, posts, score_sum, _scored in rows:
+    for local, platform, label, posts in rows:
         n = index.get(local)
         if n is None:
             continue
         volume[platform][n] += int(posts)
         labels[label if label in labels else ""][n] += int(posts)
-        scores[label] += float(score_sum)
-    return buckets, dict(sorted(volume.items())), labels, scores
+    return buckets, dict(sorted(volume.items())), labels
+
+
+def _series_from_series_rollups(filters: Filters):
+    from engagement.rollups import SERIES_LABELS, SERIES_PLATFORMS
+
+    sql = (f"SELECT bucket, platform_posts, label_posts FROM {SeriesRollup._meta.db_table} "
+           "WHERE hashtag = %s AND bucket >= %s AND bucket < %s" + (" AND approved" if filters.approved_only else ""))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [filters.hashtag, filters.start, filters.end])
+        rows = cursor.fetchall()
+    buckets = _buckets(filters)
+    index = {bucket.replace(tzinfo=None): n for n, bucket in enumerate(buckets)}
+    zone, by_hour = filters.zone, filters.step == "hour"
+    platform_totals = [[0] * len(buckets) for _ in SERIES_PLATFORMS]
+    label_totals = [[0] * len(buckets) for _ in SERIES_LABELS]
+    for bucket, platform_posts, label_posts in rows:
+        local = bucket.astimezone(zone).replace(tzinfo=None, minute=0, second=0, microsecond=0)
+        n = index.get(local if by_hour else local.replace(hour=0))
+        if n is None:
+            continue
+        for k, posts in enumerate(platform_posts):
+            if posts:
+                platform_totals[k][n] += posts
+        for k, posts in enumerate(label_posts):
+            if posts:
+                label_totals[k][n] += posts
+    volume = {platform: totals for platform, totals in sorted(zip(SERIES_PLATFORMS, platform_totals)) if any(totals)}
+    labels = {label: label_totals[k] for k, label in enumerate(SERIES_LABELS)}
+    return buckets, volume, labels
 
 
 def build(filters: Filters) -> Summary:
-    buckets, volume, labels, _scores = series(filters)
+    buckets, volume, labels = series(filters)
     summary = Summary(filters=filters, buckets=buckets, volume=volume,
                       sentiment={label: labels[label] for label in LABELS})
     for n in range(len(buckets)):

@@ -1,4 +1,4 @@
-"""The hourly rollups equal a live GROUP BY over the posts after any sequence of ingest, edits, scoring,
+"""The hourly rollups (and the series rollups derived from them) equal a live GROUP BY over the posts after any sequence of ingest, edits, scoring,
 corrections, moderation and deletions (a property test with hypothesis), and the rebuild command."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from django.db import connection
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from engagement import collect, moderation, rollups, sentiment
-from engagement.models import Actor, Author, ModerationEvent, Post, ReasonCode, Rollup
+from engagement.models import Actor, Author, ModerationEvent, Post, ReasonCode, Rollup, SeriesRollup
 from engagement.sources.base import NormalisedAuthor, NormalisedItem
 
 pytestmark = pytest.mark.django_db
@@ -37,6 +37,29 @@ def stored() -> set[tuple]:
         cursor.execute("SELECT bucket, hashtag, platform, status, sentiment, language, posts, "
                        "round(score_sum::numeric, 6), scored, engagement FROM engagement_rollup")
         return set(cursor.fetchall())
+
+
+def live_series() -> set[tuple]:
+    """What the series rollups should hold: posts per hour, hashtag and approved-or-not, per platform and label."""
+    from engagement.rollups import SERIES_LABELS, SERIES_PLATFORMS
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT date_trunc('hour', created_at, 'UTC'), tag, status = 'approved', platform, sentiment "
+                       "FROM engagement_post CROSS JOIN LATERAL unnest(hashtags) tag WHERE deleted_at IS NULL")
+        rows = cursor.fetchall()
+    groups: dict[tuple, tuple[list, list]] = {}
+    for hour, tag, approved, platform, label in rows:
+        platforms, labels = groups.setdefault((hour, tag, approved), ([0] * len(SERIES_PLATFORMS),
+                                                                      [0] * len(SERIES_LABELS)))
+        platforms[SERIES_PLATFORMS.index(platform)] += 1
+        labels[SERIES_LABELS.index(label)] += 1
+    return {(*key, sum(p), tuple(p), tuple(l)) for key, (p, l) in groups.items()}
+
+
+def stored_series() -> set[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT bucket, hashtag, approved, posts, platform_posts, label_posts FROM engagement_seriesrollup")
+        return {(*row[:4], tuple(row[4]), tuple(row[5])) for row in cursor.fetchall()}
 
 
 def make(n: int, text: int, platform: str, minute: int, tags: list[str], likes: int) -> NormalisedItem:
@@ -67,6 +90,7 @@ def test_rollups_equal_a_live_group_by_after_any_sequence_of_changes(admin_user,
     Post.objects.all().delete()
     Author.objects.all().delete()
     Rollup.objects.all().delete()
+    SeriesRollup.objects.all().delete()
     for op in operations:
         ids = list(Post.objects.order_by("id").values_list("id", flat=True))
         if op[0] == "ingest":
@@ -81,6 +105,7 @@ def test_rollups_equal_a_live_group_by_after_any_sequence_of_changes(admin_user,
         elif op[0] == "delete" and ids:
             collect.mark_deleted(ids[op[1] % len(ids)], "deleted upstream (test)")
         assert stored() == live(), f"after {op[0]}"
+        assert stored_series() == live_series(), f"series after {op[0]}"
 
 
 def test_rebuild_recounts_everything(capsys):
@@ -92,5 +117,5 @@ def test_rebuild_recounts_everything(capsys):
     Rollup.objects.create(bucket=T0 - timedelta(days=30), hashtag="stale", platform="x", status="x",
                           sentiment="x", language="x", posts=1)
     call_command("rebuild_rollups")
-    assert stored() == expected
+    assert stored() == expected and stored_series() == live_series()
     assert "hours=" in capsys.readouterr().out
