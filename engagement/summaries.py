@@ -253,27 +253,26 @@ def series(filters: Filters, *, live: bool = False) -> tuple[list[datetime], dic
 def _series_from_series_rollups(filters: Filters):
     from engagement.rollups import SERIES_LABELS, SERIES_PLATFORMS
 
-    sql = (f"SELECT bucket, platform_posts, label_posts FROM {SeriesRollup._meta.db_table} "
-           "WHERE hashtag = %s AND bucket >= %s AND bucket < %s" + (" AND approved" if filters.approved_only else ""))
+    sums = ", ".join([f"sum(platform_posts[{k}])" for k in range(1, len(SERIES_PLATFORMS) + 1)]
+                     + [f"sum(label_posts[{k}])" for k in range(1, len(SERIES_LABELS) + 1)])
+    sql = (f"SELECT date_trunc(%s, bucket AT TIME ZONE %s), {sums} FROM {SeriesRollup._meta.db_table} "
+           "WHERE hashtag = %s AND bucket >= %s AND bucket < %s" + (" AND approved" if filters.approved_only else "")
+           + " GROUP BY 1")
     with connection.cursor() as cursor:
-        cursor.execute(sql, [filters.hashtag, filters.start, filters.end])
+        cursor.execute(sql, [filters.step, filters.tz, filters.hashtag, filters.start, filters.end])
         rows = cursor.fetchall()
     buckets = _buckets(filters)
     index = {bucket.replace(tzinfo=None): n for n, bucket in enumerate(buckets)}
-    zone, by_hour = filters.zone, filters.step == "hour"
     platform_totals = [[0] * len(buckets) for _ in SERIES_PLATFORMS]
     label_totals = [[0] * len(buckets) for _ in SERIES_LABELS]
-    for bucket, platform_posts, label_posts in rows:
-        local = bucket.astimezone(zone).replace(tzinfo=None, minute=0, second=0, microsecond=0)
-        n = index.get(local if by_hour else local.replace(hour=0))
+    width = len(SERIES_PLATFORMS)
+    for local, *counts in rows:
+        n = index.get(local)
         if n is None:
             continue
-        for k, posts in enumerate(platform_posts):
+        for k, posts in enumerate(counts):
             if posts:
-                platform_totals[k][n] += posts
-        for k, posts in enumerate(label_posts):
-            if posts:
-                label_totals[k][n] += posts
+                (platform_totals[k] if k < width else label_totals[k - width])[n] += int(posts)
     volume = {platform: totals for platform, totals in sorted(zip(SERIES_PLATFORMS, platform_totals)) if any(totals)}
     labels = {label: label_totals[k] for k, label in enumerate(SERIES_LABELS)}
     return buckets, volume, labels
