@@ -22,6 +22,8 @@ from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+UTC = ZoneInfo("UTC")
+
 import requests
 from django.conf import settings
 from django.core.mail import send_mail
@@ -204,16 +206,18 @@ def _rollup_conditions(filters: Filters) -> tuple[str, list]:
 
 
 def _buckets(filters: Filters) -> list[datetime]:
-    zone, step = filters.zone, filters.step
+    """The start of each bucket, aware, in the page's zone: hours one UTC hour apart (DST-proof), or days
+    by the calendar of the zone."""
+    zone = filters.zone
     first = filters.start.astimezone(zone)
-    first = first.replace(minute=0, second=0, microsecond=0) if step == "hour" else \
-        first.replace(hour=0, minute=0, second=0, microsecond=0)
-    buckets, moment = [], first
+    if filters.step == "hour":
+        first = first.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+        count = max(0, -int((first - filters.end).total_seconds() // 3600))
+        return [(first + timedelta(hours=n)).astimezone(zone) for n in range(count)]
+    buckets, moment = [], first.replace(hour=0, minute=0, second=0, microsecond=0)
     while moment < filters.end:
         buckets.append(moment)
-        # Step in UTC for hours (DST-proof); by calendar day in the zone for days.
-        moment = (moment.astimezone(ZoneInfo("UTC")) + timedelta(hours=1)).astimezone(zone) if step == "hour" \
-            else (moment.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=zone)
+        moment = (moment.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=zone)
     return buckets
 
 
@@ -253,28 +257,37 @@ def series(filters: Filters, *, live: bool = False) -> tuple[list[datetime], dic
 def _series_from_series_rollups(filters: Filters):
     from engagement.rollups import SERIES_LABELS, SERIES_PLATFORMS
 
+    by_hour = filters.step == "hour"
     sums = ", ".join([f"sum(platform_posts[{k}])" for k in range(1, len(SERIES_PLATFORMS) + 1)]
                      + [f"sum(label_posts[{k}])" for k in range(1, len(SERIES_LABELS) + 1)])
-    sql = (f"SELECT date_trunc(%s, bucket AT TIME ZONE %s), {sums} FROM {SeriesRollup._meta.db_table} "
+    # By hour, a UTC hour falls in the page's hour that starts at most an hour before it (whatever the zone's
+    # offset), so it is placed by arithmetic; by day, PostgreSQL finds each hour's day in the page's zone.
+    # (Both as timestamps without zone: those load far faster than aware ones.)
+    key = "bucket AT TIME ZONE 'UTC'" if by_hour else "date_trunc('day', bucket AT TIME ZONE %s)"
+    sql = (f"SELECT {key}, {sums} FROM {SeriesRollup._meta.db_table} "
            "WHERE hashtag = %s AND bucket >= %s AND bucket < %s" + (" AND approved" if filters.approved_only else "")
            + " GROUP BY 1")
+    params = [filters.hashtag, filters.start, filters.end]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [filters.step, filters.tz, filters.hashtag, filters.start, filters.end])
+        cursor.execute(sql, params if by_hour else [filters.tz, *params])
         rows = cursor.fetchall()
     buckets = _buckets(filters)
-    index = {bucket.replace(tzinfo=None): n for n, bucket in enumerate(buckets)}
-    platform_totals = [[0] * len(buckets) for _ in SERIES_PLATFORMS]
-    label_totals = [[0] * len(buckets) for _ in SERIES_LABELS]
+    if by_hour:
+        first = (buckets[0] if buckets else filters.start).astimezone(UTC).replace(tzinfo=None)
+        positions = [int((row[0] - first).total_seconds() // 3600) for row in rows]
+    else:
+        index = {bucket.replace(tzinfo=None): n for n, bucket in enumerate(buckets)}
+        positions = [index.get(row[0], -1) for row in rows]
+    columns = [[0] * len(buckets) for _ in range(len(SERIES_PLATFORMS) + len(SERIES_LABELS))]
+    for n, (_key, *counts) in zip(positions, rows):
+        if 0 <= n < len(buckets):
+            for column, posts in zip(columns, counts):
+                if posts:
+                    column[n] += posts
     width = len(SERIES_PLATFORMS)
-    for local, *counts in rows:
-        n = index.get(local)
-        if n is None:
-            continue
-        for k, posts in enumerate(counts):
-            if posts:
-                (platform_totals[k] if k < width else label_totals[k - width])[n] += int(posts)
-    volume = {platform: totals for platform, totals in sorted(zip(SERIES_PLATFORMS, platform_totals)) if any(totals)}
-    labels = {label: label_totals[k] for k, label in enumerate(SERIES_LABELS)}
+    volume = {platform: columns[k] for k, platform in sorted(enumerate(SERIES_PLATFORMS), key=lambda kp: kp[1])
+              if any(columns[k])}
+    labels = {label: columns[width + k] for k, label in enumerate(SERIES_LABELS)}
     return buckets, volume, labels
 
 
