@@ -115,6 +115,9 @@ class Filters:
                 raise InvalidFilters("until must be after since")
             if end - start > MAX_PERIOD:
                 raise InvalidFilters(f"a period is at most {MAX_PERIOD.days} days")
+            # Figures are counted by UTC hour: a period starts and ends on one.
+            start = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0).astimezone(ZoneInfo(tz))
+            end = _ceil_hour(end.astimezone(UTC)).astimezone(ZoneInfo(tz))
         # Several checkboxes (?platform=a&platform=b) or one comma-separated value.
         raw_platforms = ",".join(params.getlist("platform")) if hasattr(params, "getlist") else \
             (params.get("platform") or "")
@@ -130,6 +133,11 @@ class Filters:
             raise InvalidFilters("step must be 'hour' or 'day' (or left out: by hour up to 3 days, by day beyond)")
         return cls(hashtag=hashtag, start=start, end=end, platforms=platforms, approved_only=scope == "approved",
                    tz=tz, period=period, resolution=resolution)
+
+
+def _ceil_hour(moment: datetime) -> datetime:
+    floor = moment.replace(minute=0, second=0, microsecond=0)
+    return floor if floor == moment else floor + timedelta(hours=1)
 
 
 def _parse_time(value: str | None, name: str, tz: str) -> datetime:
@@ -206,81 +214,87 @@ def _rollup_conditions(filters: Filters) -> tuple[str, list]:
 
 
 def _buckets(filters: Filters) -> list[datetime]:
-    """The start of each bucket, aware, in the page's zone: hours one UTC hour apart (DST-proof), or days
-    by the calendar of the zone."""
+    """The start of each bucket, aware, in the page's zone.
+
+    Hours are UTC hours (what the rollups count), shown in the zone: in a zone whose offset is not a whole
+    number of hours (India, +05:30) they run from :30 to :30. Days are the zone's calendar days, each holding
+    the UTC hours that start in it (exact wherever the offset is whole hours).
+    """
     zone = filters.zone
-    first = filters.start.astimezone(zone)
     if filters.step == "hour":
-        first = first.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+        first = filters.start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         count = max(0, -int((first - filters.end).total_seconds() // 3600))
         return [(first + timedelta(hours=n)).astimezone(zone) for n in range(count)]
-    buckets, moment = [], first.replace(hour=0, minute=0, second=0, microsecond=0)
+    buckets, moment = [], filters.start.astimezone(zone).replace(hour=0, minute=0, second=0, microsecond=0)
     while moment < filters.end:
         buckets.append(moment)
         moment = (moment.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=zone)
     return buckets
 
 
+def _bucket_key(hour_sql: str, filters: Filters) -> tuple[str, list]:
+    """SQL for the bucket of a UTC hour (`hour_sql`), as a timestamp without zone (those load fast): the UTC
+    hour itself, or the zone's day it starts in; and its parameters."""
+    if filters.step == "hour":
+        return f"({hour_sql}) AT TIME ZONE 'UTC'", []
+    return f"date_trunc('day', ({hour_sql}) AT TIME ZONE %s)", [filters.tz]
+
+
+def _positions(rows: list[tuple], filters: Filters, buckets: list[datetime]) -> list[int]:
+    """The bucket index of each row, by its first column (from _bucket_key); -1 outside the period."""
+    if filters.step == "hour":
+        first = (buckets[0] if buckets else filters.start).astimezone(UTC).replace(tzinfo=None)
+        positions = [int((row[0] - first).total_seconds() // 3600) for row in rows]
+        return [n if 0 <= n < len(buckets) else -1 for n in positions]
+    index = {bucket.replace(tzinfo=None): n for n, bucket in enumerate(buckets)}
+    return [index.get(row[0], -1) for row in rows]
+
+
 def series(filters: Filters, *, live: bool = False) -> tuple[list[datetime], dict, dict]:
     """Posts per bucket by platform and by sentiment label.
 
     From the series rollups when no platform is picked (at most two rows an hour), from the rollups when
-    platforms are picked, or (live=True, for benches and tests) straight from the posts with the same grouping.
+    platforms are picked, or (live=True, for benches and tests) straight from the posts with the same buckets.
     """
     if not live and not filters.platforms:
         return _series_from_series_rollups(filters)
-    zone = filters.tz
     if live:
+        key, key_params = _bucket_key("date_trunc('hour', created_at, 'UTC')", filters)
         where, params = _post_conditions(filters)
-        sql = (f"SELECT date_trunc(%s, created_at AT TIME ZONE %s), platform, sentiment, count(*) "
-               f"FROM {Post._meta.db_table} WHERE {where} GROUP BY 1, 2, 3")
+        sql = f"SELECT {key}, platform, sentiment, count(*) FROM {Post._meta.db_table} WHERE {where} GROUP BY 1, 2, 3"
     else:
+        key, key_params = _bucket_key("bucket", filters)
         where, params = _rollup_conditions(filters)
-        sql = (f"SELECT date_trunc(%s, bucket AT TIME ZONE %s), platform, sentiment, sum(posts) "
-               f"FROM {Rollup._meta.db_table} WHERE {where} GROUP BY 1, 2, 3")
+        sql = f"SELECT {key}, platform, sentiment, sum(posts) FROM {Rollup._meta.db_table} WHERE {where} GROUP BY 1, 2, 3"
     with connection.cursor() as cursor:
-        cursor.execute(sql, [filters.step, zone, *params])
+        cursor.execute(sql, [*key_params, *params])
         rows = cursor.fetchall()
     buckets = _buckets(filters)
-    index = {bucket.replace(tzinfo=None): n for n, bucket in enumerate(buckets)}
     volume: dict[str, list[int]] = defaultdict(lambda: [0] * len(buckets))
     labels: dict[str, list[int]] = {label: [0] * len(buckets) for label in [*LABELS, ""]}
-    for local, platform, label, posts in rows:
-        n = index.get(local)
-        if n is None:
-            continue
-        volume[platform][n] += int(posts)
-        labels[label if label in labels else ""][n] += int(posts)
+    for n, (_key, platform, label, posts) in zip(_positions(rows, filters, buckets), rows):
+        if n >= 0:
+            volume[platform][n] += int(posts)
+            labels[label if label in labels else ""][n] += int(posts)
     return buckets, dict(sorted(volume.items())), labels
 
 
 def _series_from_series_rollups(filters: Filters):
     from engagement.rollups import SERIES_LABELS, SERIES_PLATFORMS
 
-    by_hour = filters.step == "hour"
     sums = ", ".join([f"sum(platform_posts[{k}])" for k in range(1, len(SERIES_PLATFORMS) + 1)]
                      + [f"sum(label_posts[{k}])" for k in range(1, len(SERIES_LABELS) + 1)])
-    # By hour, a UTC hour falls in the page's hour that starts at most an hour before it (whatever the zone's
-    # offset), so it is placed by arithmetic; by day, PostgreSQL finds each hour's day in the page's zone.
-    # (Both as timestamps without zone: those load far faster than aware ones.)
-    key = "bucket AT TIME ZONE 'UTC'" if by_hour else "date_trunc('day', bucket AT TIME ZONE %s)"
+    key, key_params = _bucket_key("bucket", filters)
     sql = (f"SELECT {key}, {sums} FROM {SeriesRollup._meta.db_table} "
            "WHERE hashtag = %s AND bucket >= %s AND bucket < %s" + (" AND approved" if filters.approved_only else "")
            + " GROUP BY 1")
-    params = [filters.hashtag, filters.start, filters.end]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params if by_hour else [filters.tz, *params])
+        cursor.execute(sql, [*key_params, filters.hashtag, filters.start, filters.end])
         rows = cursor.fetchall()
     buckets = _buckets(filters)
-    if by_hour:
-        first = (buckets[0] if buckets else filters.start).astimezone(UTC).replace(tzinfo=None)
-        positions = [int((row[0] - first).total_seconds() // 3600) for row in rows]
-    else:
-        index = {bucket.replace(tzinfo=None): n for n, bucket in enumerate(buckets)}
-        positions = [index.get(row[0], -1) for row in rows]
     columns = [[0] * len(buckets) for _ in range(len(SERIES_PLATFORMS) + len(SERIES_LABELS))]
-    for n, (_key, *counts) in zip(positions, rows):
-        if 0 <= n < len(buckets):
+    for n, (_key, *counts) in zip(_positions(rows, filters, buckets), rows):
+        if n >= 0:
             for column, posts in zip(columns, counts):
                 if posts:
                     column[n] += posts
