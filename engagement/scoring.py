@@ -42,6 +42,9 @@ STRETCHED_WORD = re.compile(r"\w*(\w)\1{2,}\w*")
 
 
 NEGATIONS = frozenset(NEGATE)
+# Words VADER's negation check looks for two and three words back ("never so", "without doubt", negations).
+SO_THIS = frozenset({"so", "this"})
+NEGATION_CUES = NEGATIONS | {"never", "without"}
 # VADER dampens a booster one and two words further away.
 DAMPING = (1.0, 0.95, 0.9)
 # The preceding words VADER looks at: up to three.
@@ -120,7 +123,8 @@ class VaderRules:
                 if start == 0:
                     if previous in NEGATIONS or "n't" in previous:
                         valence *= N_SCALAR
-                else:
+                elif previous in NEGATION_CUES or "n't" in previous or (start == 2 and lower[i - 1] in SO_THIS):
+                    # Only these words can change anything in VADER's 2- and 3-words-back checks.
                     valence = _negation(valence, lower, start, i)
                 if start == 2 and phrase_at and any(-3 <= k - i <= 1 for k in phrase_at):
                     valence = _idioms(valence, lower, i)
