@@ -11,6 +11,7 @@ import pytest
 from django.contrib.auth.models import Group
 from playwright.sync_api import Page, expect
 
+from engagement import sentiment
 from engagement.models import ModerationEvent, ModerationRule, Post
 from tests.test_browser_admin import browser_events, browser_page  # noqa: F401 - fixtures
 from tests.test_moderation import item, store
@@ -34,16 +35,23 @@ def log_in(page: Page, live_server, username: str, then: str) -> None:
     expect(page.locator("#result_list, .review")).to_be_visible()
 
 
+def keys_ready(page: Page) -> None:
+    """Wait until moderation.js has set up the keys on this page."""
+    page.wait_for_selector("html[data-moderation-ready='1']", state="attached")
+
+
 def conversation() -> list[Post]:
     ModerationRule.objects.create(name="insults", kind="suspect", terms="traitors\nзрадники")
     spam = "Peace is a lie, follow my channel for the truth about the talks"
-    return store(
+    posts = store(
         item(1, "Delegations arrive in Geneva for the second round", minutes=1),
         item(2, "All negotiators are traitors, every single one", minutes=2),
         item(3, "Кожен день без обстрілів важливий", minutes=3),
         item(4, spam, minutes=4, author="bot1"), item(5, spam + "!", minutes=5, author="bot2", platform="bluesky"),
         item(6, "Ці переговорники — зрадники", minutes=6),
     )
+    sentiment.score_pending()  # as the worker would, so the queue shows each post's sentiment
+    return posts
 
 
 def test_a_moderator_works_the_queue_with_the_keyboard_and_finds_the_audit_entry(
@@ -61,6 +69,7 @@ def test_a_moderator_works_the_queue_with_the_keyboard_and_finds_the_audit_entry
     expect(page.locator("#result_list tbody tr")).to_have_count(6)
     page.screenshot(path=str(DOCS / "moderation-queue.png"), full_page=True)
     page.goto(f"{live_server.url}{QUEUE}")
+    keys_ready(page)
 
     # j moves down; r asks why; 2 picks the second reason; a note; Enter confirms.
     page.keyboard.press("j")
@@ -109,6 +118,7 @@ def test_the_one_at_a_time_view_takes_decisions_by_key_and_moves_on(
     expect(page.locator(".review-text")).to_contain_text("All negotiators are traitors")
     expect(page.locator("table.screening")).to_contain_text("“traitors”")
     page.screenshot(path=str(DOCS / "moderation-review.png"), full_page=True)
+    keys_ready(page)
     page.keyboard.press("f")
     dialog = page.locator("#reason-dialog")
     expect(dialog).to_be_visible()
@@ -120,6 +130,7 @@ def test_the_one_at_a_time_view_takes_decisions_by_key_and_moves_on(
     dialog.locator("button[value=ok]").click()
     expect(page.locator(".review-text")).to_contain_text("зрадники")
     assert Post.objects.get(pk=posts[1].pk).status == "rejected"
+    keys_ready(page)
     page.keyboard.press("a")
     expect(page.locator(".review-empty")).to_be_visible()
     assert Post.objects.get(pk=posts[5].pk).status == "approved"
@@ -137,6 +148,7 @@ def test_an_editor_reads_the_queue_but_the_keys_and_actions_do_nothing(
     expect(rows).to_have_count(4)
     expect(page.locator("select[name=action]")).to_have_count(0)
     expect(page.locator(".keys-help")).to_contain_text("you can read, not act")
+    keys_ready(page)
     page.keyboard.press("r")
     expect(page.locator("#reason-dialog")).to_be_hidden()
     page.keyboard.press("a")

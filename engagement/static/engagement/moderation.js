@@ -170,7 +170,10 @@
     var panel = document.getElementById("moderation-panel");
     var job = document.getElementById("job-panel");
     if (job) { setUpJob(job); }
-    if (!keys) { return; }
-    if (panel) { setUpSingle(keys, panel); } else { setUpQueue(keys); }
+    if (keys) {
+      if (panel) { setUpSingle(keys, panel); } else { setUpQueue(keys); }
+    }
+    // The keys work from here on (tests wait for this before pressing any).
+    document.documentElement.dataset.moderationReady = "1";
   });
 })();
