@@ -452,19 +452,9 @@ class RedditConnector:
         after = None
         run_newest = newest
         for _ in range(MAX_SEARCH_PAGES):
-            body, response = self._get(path, {**params, **({"after": after} if after else {})})
-            if response.status_code == 404:
-                raise PermanentError(f"Reddit has no subreddit {self.subreddit!r} to search (404 from {response.url})")
-            children = _listing_children(body, url=response.url)
-            page = self._page()
-            page.fetched = len(children)
+            page, submissions, after = self._search_page(path, params, after)
             reached_known = False
-            for thing in children:
-                kind, data = _unwrap(thing)
-                if kind != "t3":
-                    page.rejected.append(RejectedRaw(reason=f"expected a submission (t3) in the search results, "
-                                                            f"got {kind or type(thing).__name__}", raw=thing))
-                    continue
+            for thing, data in submissions:
                 result = normalise_submission(thing, tag_keys=self.tag_keys, word=self.word_match)
                 created = data.get("created_utc") if isinstance(data, dict) else None
                 if isinstance(created, (int, float)) and not isinstance(created, bool):
@@ -481,9 +471,28 @@ class RedditConnector:
             if run_newest is not None:
                 searches[key] = {"newest": run_newest}
             yield page
-            after = body["data"].get("after")
-            if reached_known or not after or not isinstance(after, str) or page.rate_limited_until:
+            if reached_known or not after or page.rate_limited_until:
                 return
+
+    def _search_page(self, path: str, params: dict, after: str | None) -> tuple[Page, list, str | None]:
+        """One page of search results: the page to fill, its submissions as (thing, data) (anything else is
+        rejected on the page), and the `after` of the next page (None at the end)."""
+        body, response = self._get(path, {**params, **({"after": after} if after else {})})
+        if response.status_code == 404:
+            raise PermanentError(f"Reddit has no subreddit {self.subreddit!r} to search (404 from {response.url})")
+        children = _listing_children(body, url=response.url)
+        page = self._page()
+        page.fetched = len(children)
+        submissions = []
+        for thing in children:
+            kind, data = _unwrap(thing)
+            if kind == "t3":
+                submissions.append((thing, data))
+            else:
+                page.rejected.append(RejectedRaw(reason=f"expected a submission (t3) in the search results, "
+                                                        f"got {kind or type(thing).__name__}", raw=thing))
+        following = body["data"].get("after")
+        return page, submissions, following if isinstance(following, str) and following else None
 
     def _watch(self, threads: dict, item: NormalisedItem) -> None:
         entry = threads.setdefault(item.external_id, {"created": item.created_at.timestamp(), "read": None,
@@ -648,20 +657,9 @@ class RedditConnector:
         read_since = walk.get("read_since")
         tracked = {key for _tag, key in self.tags}
         for _ in range(MAX_BACKFILL_SEARCH_PAGES):
-            after = state.get("after")
-            body, response = self._get(path, {**params, **({"after": after} if after else {})})
-            if response.status_code == 404:
-                raise PermanentError(f"Reddit has no subreddit {self.subreddit!r} to search (404 from {response.url})")
-            children = _listing_children(body, url=response.url)
-            page = self._page()
-            page.fetched = len(children)
+            page, submissions, after = self._search_page(path, params, state.get("after"))
             reached = False
-            for thing in children:
-                kind, data = _unwrap(thing)
-                if kind != "t3":
-                    page.rejected.append(RejectedRaw(reason=f"expected a submission (t3) in the search results, "
-                                                            f"got {kind or type(thing).__name__}", raw=thing))
-                    continue
+            for thing, data in submissions:
                 created = data.get("created_utc") if isinstance(data, dict) else None
                 if isinstance(created, (int, float)) and not isinstance(created, bool) and created < since.timestamp():
                     reached = True  # newest first: the rest is older than the date
@@ -675,8 +673,7 @@ class RedditConnector:
                     if result.external_id not in watched and (read_since is None or stamp < read_since):
                         walk["pending"].setdefault(result.external_id, {
                             "created": stamp, "read": None, "tags": sorted(set(result.hashtags) & tracked)})
-            after = body["data"].get("after")
-            if reached or not isinstance(after, str) or not after:
+            if reached or not after:
                 # Reached the date, or the end of what Reddit serves of a search (about 1,000 results).
                 state.clear()
                 state.update(done=True, stopped="since" if reached else "end of search results")
