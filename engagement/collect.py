@@ -203,7 +203,6 @@ def upsert_posts(items: list[NormalisedItem], *, source_id: int | None,
         Article, keys=("url",), refreshed=("title", "published_at", "external_id"), first_only=("source_id",),
         rows=[(url, a.title, a.published_at, a.external_id, source_id, now) for (url,), a in articles.items()],
     )
-    keys = list(unique)
     prints = {key: moderation.fingerprint(item.text) for key, item in unique.items()}
     verdicts = moderation.screen([
         moderation.Candidate(

@@ -34,7 +34,6 @@ from engagement.models import (
     PERSON_REASONS,
 )
 from engagement import rollups
-from engagement.sources.base import normalise_tag
 
 Status = Post.Status
 

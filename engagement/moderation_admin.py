@@ -21,7 +21,6 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
-from django.views.decorators.http import require_POST
 
 from engagement import moderation, sentiment
 from engagement.models import (
@@ -738,7 +737,3 @@ class ModerationEventAdmin(admin.ModelAdmin):
             "title": "Decisions per moderator per day", "query": request.GET.urlencode(),
         })
 
-
-# Re-exported for engagement/admin.py.
-__all__ = ["ModerationQueueMixin", "AuthorModerationMixin", "ReasonListFilter", "DecidedByListFilter",
-           "ClusterListFilter", "AuthorListFilter", "ArticleListFilter", "require_POST"]

@@ -11,7 +11,6 @@ from django.db import connection
 
 from engagement import moderation
 from engagement.models import BulkJob, ModerationEvent, Post
-from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 POSTS = 50_000

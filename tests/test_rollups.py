@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.db import connection
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from engagement import collect, moderation, rollups, sentiment, summaries
+from engagement import collect, moderation, sentiment, summaries
 from engagement.models import Actor, Author, ModerationEvent, Post, ReasonCode, Rollup, SeriesRollup
 from engagement.sources.base import NormalisedAuthor, NormalisedItem
 

@@ -34,7 +34,6 @@ from engagement.sources import bluesky
 from engagement.sources.bluesky import (
     BACKFILL_PAGES,
     GET_POSTS_BATCH,
-    MAX_BACKFILL_PAGES,
     MAX_PAGES_PER_RUN,
     PAGE_LIMIT,
     build,
@@ -43,7 +42,6 @@ from engagement.sources.bluesky import (
 from tests.bluesky_fake import (
     APP_PASSWORD,
     CREATE_SESSION_PATH,
-    GET_POSTS_PATH,
     HANDLE,
     SEARCH_PATH,
     FakeBluesky,
